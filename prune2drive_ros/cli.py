@@ -1,0 +1,79 @@
+"""The ``prune2drive`` command.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their subcommand runs, so ``prune2drive --help`` and ``doctor`` stay
+fast and work on a machine where torch or rclpy is broken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Order is the order ``--help`` lists them.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("prune2drive_ros.doctor", "check this machine: Python, torch/CUDA, ROS 2, TensorRT"),
+    "demo": ("prune2drive_ros.demo", "end-to-end demo: sample data -> bag -> replay -> node -> answers"),
+    "bench": ("prune2drive_ros.bench", "benchmarks: pruning, prefill, vision"),
+    "make-tiny-model": ("prune2drive_ros.vlm.tiny", "write a tiny random-weight DriveMM-shaped checkpoint"),
+    "convert-model": ("prune2drive_ros.vlm.convert", "convert a LLaVA-NeXT (DriveMM) checkpoint to transformers format"),
+    "build-engine": ("prune2drive_ros.vlm.backends.build", "export/build the vision encoder (ONNX Runtime, TensorRT)"),
+    "make-sample-nuscenes": ("prune2drive_ros.data.sample_nuscenes", "write a small synthetic nuScenes v1.0-mini data set"),
+    "convert-nuscenes": ("prune2drive_ros.data.nuscenes_to_bag", "convert nuScenes to a rosbag2"),
+    "play": ("prune2drive_ros.data.player", "replay a rosbag2 with rclpy (for machines without rosbag2)"),
+    "eval": ("prune2drive_ros.eval.run", "evaluate on DriveLM"),
+    "optimize": ("prune2drive_ros.eval.optimize", "search per-camera budgets with TPE"),
+}
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from prune2drive_ros import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="prune2drive",
+        description="Prune2Drive for ROS 2: multi-view driving VQA with visual token pruning.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        if not _available(module):
+            continue
+        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 2
+    if argv[0].startswith("-"):
+        parser.parse_args(argv)  # --help / --version exit here; anything else is an error
+        return 2
+    if argv[0] not in SUBCOMMANDS:
+        parser.error(f"unknown command {argv[0]!r}; run 'prune2drive --help' for the list")
+
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = SUBCOMMANDS[name]
+    if not _available(module_name):
+        parser.error(f"command {name!r} is not available in this build")
+    module = importlib.import_module(module_name)
+    sub_parser = argparse.ArgumentParser(prog=f"prune2drive {name}", description=help_text)
+    module.add_arguments(sub_parser)
+    args = sub_parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

