@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -29,7 +30,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # parent package not present in this build
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
