@@ -34,3 +34,19 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random-weight DriveMM-shaped checkpoint (llama text model, transformers format)."""
+    from prune2drive_ros.vlm.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), text_arch="llama", fmt="hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_model(tmp_path_factory) -> Path:
+    """The same geometry with a qwen2 text model."""
+    from prune2drive_ros.vlm.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), text_arch="qwen2", fmt="hf")

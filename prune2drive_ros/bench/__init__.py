@@ -1,0 +1,34 @@
+"""``prune2drive bench {pruning,prefill,vision}``: side-by-side benchmarks.
+
+Each benchmark module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Benchmarks report
+medians and ratios measured in the same run; absolute times are only meaningful on a quiet GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "pruning": ("prune2drive_ros.bench.pruning", "token selection: each method vs the published loop"),
+    "prefill": ("prune2drive_ros.bench.prefill", "dense vs pruned prefill, FLOPs, KV cache, prefix reuse"),
+    "vision": ("prune2drive_ros.bench.vision", "vision encoder backends vs torch eager"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, (module, help_text) in BENCHMARKS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # a real missing dependency, not a benchmark not written yet
+                raise
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(_bench_run=mod.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._bench_run(args) or 0)
