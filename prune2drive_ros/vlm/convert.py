@@ -105,6 +105,22 @@ def _ensure_image_token(tokenizer, state: dict[str, torch.Tensor]) -> int:
     return image_id
 
 
+def _materialize_buffers(model: torch.nn.Module) -> None:
+    """Recreate the non-persistent buffers (RoPE frequencies, position ids) left on the meta device."""
+    for module in model.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if not buf.is_meta:
+                continue
+            if name in ("inv_freq", "original_inv_freq"):
+                fresh = type(module)(config=module.config)
+                value = getattr(fresh, name)
+            elif name == "position_ids":
+                value = torch.arange(buf.shape[-1]).expand(buf.shape)
+            else:
+                raise ValueError(f"cannot materialize buffer {name!r} of {type(module).__name__}")
+            module.register_buffer(name, value, persistent=False)
+
+
 def load_llava_next(folder: str | Path, dtype: torch.dtype | None = None):
     """Build (model, tokenizer, generation_config, aspect_ratio) from a LLaVA-NeXT-format folder."""
     from transformers import AutoTokenizer, GenerationConfig, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
@@ -155,6 +171,7 @@ def load_llava_next(folder: str | Path, dtype: torch.dtype | None = None):
         mapped[key] = torch.ones(model.state_dict()[key].shape) if key.endswith("weight") else torch.zeros(
             model.state_dict()[key].shape)
     model.load_state_dict(mapped, strict=True, assign=True)
+    _materialize_buffers(model)
     if config.tie_word_embeddings:
         model.tie_weights()
     model.eval()

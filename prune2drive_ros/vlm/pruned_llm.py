@@ -35,8 +35,9 @@ class VisualLayout:
     patch_positions: torch.Tensor  # [V, N] long
     length: int  # prompt length the layout belongs to
 
-    def is_patch(self, device: torch.device) -> torch.Tensor:
-        mask = torch.zeros(self.length, dtype=torch.bool, device=device)
+    def is_patch(self, length: int, device: torch.device) -> torch.Tensor:
+        """Patch-token mask over a prompt of ``length`` tokens that starts with this layout."""
+        mask = torch.zeros(length, dtype=torch.bool, device=device)
         mask[self.patch_positions.flatten()] = True
         return mask
 
@@ -145,7 +146,8 @@ class PrunedLanguageModel(nn.Module):
             raise ValueError(f"prune layer {max(stages)} is beyond the model's {self.num_layers} layers")
         needs_attention = pruner is not None and pruner.needs_attention
         if needs_attention and 0 in stages:
-            raise ValueError(f"{pruner.name} ranks tokens by attention of the layer before pruning: prune_layer must be >= 1")
+            raise ValueError(f"{pruner.name} ranks tokens by the attention of the layer before pruning: "
+                             "prune_layer must be >= 1")
 
         cache = PrunedKVCache(self.num_layers, reserve=reserve)
         hidden = embeds
@@ -212,7 +214,7 @@ class PrunedLanguageModel(nn.Module):
             picks = pruner.reselect(features, budgets, attention=per_view_attention)
         kept = [k[p.to(k.device)] for k, p in zip(kept, picks)]
         visual = torch.cat([layout.patch_positions[v][kept[v]] for v in range(len(kept))])
-        is_patch = layout.is_patch(hidden.device)
+        is_patch = layout.is_patch(int(keep[-1]) + 1, hidden.device)
         text_keep = keep[~is_patch[keep]]
         new_keep = torch.cat([text_keep, visual]).sort().values
         rows = torch.searchsorted(keep, new_keep)

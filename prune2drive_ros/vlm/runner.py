@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from prune2drive_ros.cameras import NUM_CAMERAS
+from prune2drive_ros.pruning import layer_flops
 from prune2drive_ros.vlm.loading import load_checkpoint, resolve_device, resolve_dtype
 from prune2drive_ros.vlm.preprocess import DEFAULT_MAX_IMAGE_SIDE, ImageSpec, preprocess, validate_images
 from prune2drive_ros.vlm.prompt import IMAGE_PLACEHOLDER, split_prompt
@@ -45,11 +46,6 @@ class Answer:
     @property
     def flops_ratio(self) -> float:
         return self.flops / self.flops_dense if self.flops_dense else 1.0
-
-
-def layer_flops(n: int, hidden: int, ffn: int) -> float:
-    """One decoder layer on n tokens, as the pruning papers count it (SwiGLU FFN)."""
-    return 4 * n * hidden**2 + 2 * n**2 * hidden + 3 * n * hidden * ffn
 
 
 class _Timer:
@@ -356,8 +352,9 @@ class VLMRunner:
         # Question-dependent prefills already count the question in tokens_per_layer.
         extra = 0 if prefill.prompt_length > prefix_len else suffix_len
         dense = (prefill.prompt_length + extra)
-        flops_dense = len(prefill.tokens_per_layer) * layer_flops(dense, cfg.hidden_size, cfg.intermediate_size)
-        flops = sum(layer_flops(n + extra, cfg.hidden_size, cfg.intermediate_size) for n in prefill.tokens_per_layer)
+        dims = {"hidden": cfg.hidden_size, "ffn": cfg.intermediate_size}
+        flops_dense = len(prefill.tokens_per_layer) * layer_flops(dense, **dims)
+        flops = sum(layer_flops(n + extra, **dims) for n in prefill.tokens_per_layer)
         kept = [k.tolist() for k in prefill.kept]
         return Answer(
             text=text,
