@@ -1,0 +1,479 @@
+"""A tiny procedural street, drawn through the nuScenes camera rig.
+
+Each synthetic scene is one 3D world: a straight road with lanes, sidewalks, buildings, and cars and
+pedestrians moving at constant velocity. Every image is a pinhole projection of that world through a
+camera's calibration (extrinsics + intrinsics) at the camera's own timestamp, so the six views agree with
+each other, consecutive frames agree in time, and the 3D annotations project onto the drawn objects.
+
+No ROS and no nuscenes-devkit here: numpy and OpenCV only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+IMAGE_WIDTH = 1600
+IMAGE_HEIGHT = 900
+LANE_WIDTH = 3.5
+CARRIAGEWAY_HALF_WIDTH = 2 * LANE_WIDTH  # two driving lanes per direction
+ROAD_HALF_WIDTH = CARRIAGEWAY_HALF_WIDTH + 2.5  # plus a parking strip at each kerb
+SIDEWALK_WIDTH = 3.0
+NEAR_PLANE = 0.3  # metres; polygons are clipped here so points behind the camera never project
+
+# Camera calibration close to the real nuScenes rig: yaw of the optical axis in the ego frame (degrees,
+# counter-clockwise from the vehicle's forward axis), mount position in the ego frame (metres) and
+# pinhole intrinsics (fx = fy, cx, cy in pixels). CAM_BACK has the wider lens, as on the real car.
+RIG_CALIBRATION: dict[str, tuple[float, tuple[float, float, float], tuple[float, float, float]]] = {
+    "CAM_FRONT": (0.0, (1.701, 0.016, 1.511), (1266.42, 816.27, 491.51)),
+    "CAM_FRONT_LEFT": (55.0, (1.524, 0.495, 1.509), (1272.60, 826.62, 479.75)),
+    "CAM_FRONT_RIGHT": (-55.0, (1.551, -0.493, 1.496), (1260.85, 807.97, 495.33)),
+    "CAM_BACK": (180.0, (0.028, 0.003, 1.579), (809.22, 829.22, 481.77)),
+    "CAM_BACK_LEFT": (110.0, (1.036, 0.485, 1.591), (1256.75, 817.79, 451.95)),
+    "CAM_BACK_RIGHT": (-110.0, (1.015, -0.481, 1.562), (1259.51, 807.25, 501.20)),
+}
+
+# Optical frame (x right, y down, z forward) -> ego frame (x forward, y left, z up) for a camera looking
+# straight ahead; a camera's yaw is applied on top of this.
+_OPTICAL_TO_EGO = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def rot_z(yaw: float) -> np.ndarray:
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def quaternion_from_matrix(m: np.ndarray) -> list[float]:
+    """Rotation matrix -> unit quaternion [w, x, y, z] (nuScenes order), w >= 0."""
+    trace = m[0, 0] + m[1, 1] + m[2, 2]
+    if trace > 0:
+        s = 2.0 * math.sqrt(1.0 + trace)
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
+    else:
+        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
+    sign = -1.0 if q[0] < 0 else 1.0
+    return [float(sign * v) for v in q]
+
+
+def quaternion_from_yaw(yaw: float) -> list[float]:
+    return [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """One camera of the rig: intrinsics K and the pose of the optical frame in the ego frame."""
+
+    name: str
+    k: np.ndarray  # 3x3
+    rotation: np.ndarray  # 3x3, optical -> ego
+    translation: np.ndarray  # 3, optical origin in ego frame
+
+    @property
+    def intrinsic_list(self) -> list[list[float]]:
+        return [[float(v) for v in row] for row in self.k]
+
+
+def make_rig() -> dict[str, CameraModel]:
+    rig = {}
+    for name, (yaw_deg, translation, (f, cx, cy)) in RIG_CALIBRATION.items():
+        k = np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
+        rotation = rot_z(math.radians(yaw_deg)) @ _OPTICAL_TO_EGO
+        rig[name] = CameraModel(name, k, rotation, np.array(translation, dtype=float))
+    return rig
+
+
+@dataclass
+class Agent:
+    """A road user moving at constant velocity in road coordinates (s along the road, l to its left)."""
+
+    kind: str  # "car", "truck", "bus" or "pedestrian"
+    category: str  # nuScenes category name
+    size: tuple[float, float, float]  # width, length, height (nuScenes order)
+    color: tuple[int, int, int]  # BGR
+    color_name: str
+    s0: float
+    l0: float
+    vs: float = 0.0
+    vl: float = 0.0
+    heading: float = 0.0  # yaw relative to the road direction
+    role: str = ""  # "lead", "oncoming", "parked", "crossing", "sidewalk", "adjacent", ...
+
+    def road_position(self, t: float) -> tuple[float, float]:
+        return self.s0 + self.vs * t, self.l0 + self.vl * t
+
+    @property
+    def speed(self) -> float:
+        return math.hypot(self.vs, self.vl)
+
+    @property
+    def moving(self) -> bool:
+        return self.speed > 0.3
+
+    def describe(self) -> str:
+        noun = {"car": "car", "truck": "truck", "bus": "bus", "pedestrian": "pedestrian"}[self.kind]
+        return f"{self.color_name} {noun}" if self.kind != "pedestrian" else f"pedestrian in {self.color_name}"
+
+
+@dataclass
+class Box3D:
+    center: np.ndarray  # global x, y, z
+    yaw: float  # global yaw
+    size: tuple[float, float, float]  # width, length, height
+    color: tuple[int, int, int]
+
+    def corners(self) -> np.ndarray:
+        """8x3 corners: bottom face 0-3, top face 4-7, counter-clockwise seen from above."""
+        w, length, h = self.size
+        x = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * length / 2
+        y = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * w / 2
+        z = np.array([-1, -1, -1, -1, 1, 1, 1, 1]) * h / 2
+        return (rot_z(self.yaw) @ np.stack([x, y, z])).T + self.center
+
+
+# Box faces as corner indices, ordered so the normal points outwards, and a shading factor so the
+# boxes look solid (top faces brightest).
+FACES: tuple[tuple[tuple[int, int, int, int], float], ...] = (
+    ((4, 5, 6, 7), 1.0),  # top
+    ((0, 4, 7, 3), 0.85),  # front (+x)
+    ((1, 2, 6, 5), 0.7),  # back
+    ((0, 1, 5, 4), 0.78),  # left (+y)
+    ((3, 7, 6, 2), 0.62),  # right
+)
+
+SKY_TOP = np.array([205, 160, 120], dtype=np.float32)  # BGR
+SKY_HORIZON = np.array([235, 220, 205], dtype=np.float32)
+GROUND_NEAR = np.array([70, 105, 95], dtype=np.float32)
+GROUND_FAR = np.array([120, 140, 135], dtype=np.float32)
+ASPHALT = (88, 88, 92)
+SIDEWALK = (165, 168, 170)
+MARKING_WHITE = (235, 235, 235)
+MARKING_YELLOW = (40, 200, 230)
+
+
+@dataclass
+class World:
+    """A straight road through the map plus everything on it, for one scene."""
+
+    origin: tuple[float, float]  # global x, y of road coordinate (0, 0)
+    yaw: float  # global direction of increasing s
+    right_hand_traffic: bool
+    ego_speed: float
+    agents: list[Agent] = field(default_factory=list)
+    buildings: list[Box3D] = field(default_factory=list)
+    crosswalk_s: float | None = None  # a zebra crossing across the road at this s, if any
+
+    @property
+    def ego_lane(self) -> float:
+        # Inner lane of the ego's carriageway: right of the centre line where traffic keeps right.
+        return -LANE_WIDTH / 2 if self.right_hand_traffic else LANE_WIDTH / 2
+
+    def road_to_global(self, s: float, lateral: float) -> np.ndarray:
+        c, si = math.cos(self.yaw), math.sin(self.yaw)
+        return np.array([self.origin[0] + s * c - lateral * si, self.origin[1] + s * si + lateral * c])
+
+    def ego_pose(self, t: float) -> tuple[np.ndarray, float]:
+        """Ego translation (x, y, 0) and yaw at scene time t seconds."""
+        xy = self.road_to_global(self.ego_speed * t, self.ego_lane)
+        return np.array([xy[0], xy[1], 0.0]), self.yaw
+
+    def agent_box(self, agent: Agent, t: float) -> Box3D:
+        s, lateral = agent.road_position(t)
+        xy = self.road_to_global(s, lateral)
+        h = agent.size[2]
+        return Box3D(np.array([xy[0], xy[1], h / 2]), self.yaw + agent.heading, agent.size, agent.color)
+
+    def ground_quad(self, s0: float, s1: float, l0: float, l1: float) -> np.ndarray:
+        pts = [self.road_to_global(s, lat) for s, lat in ((s0, l0), (s1, l0), (s1, l1), (s0, l1))]
+        return np.array([[p[0], p[1], 0.0] for p in pts])
+
+
+class Projector:
+    """Global -> optical frame -> pixels for one camera at one ego pose."""
+
+    def __init__(self, cam: CameraModel, ego_translation: np.ndarray, ego_yaw: float) -> None:
+        r_ego = rot_z(ego_yaw)
+        self.k = cam.k
+        # p_cam = R_c^T (R_e^T (p - t_e) - t_c)
+        self.a = cam.rotation.T @ r_ego.T
+        self.b = -self.a @ ego_translation - cam.rotation.T @ cam.translation
+        self.position = ego_translation + r_ego @ cam.translation  # camera centre in global frame
+
+    def to_camera(self, points: np.ndarray) -> np.ndarray:
+        return points @ self.a.T + self.b
+
+    def to_pixels(self, cam_points: np.ndarray) -> np.ndarray:
+        z = cam_points[:, 2:3]
+        return (cam_points[:, :2] / z) * np.array([self.k[0, 0], self.k[1, 1]]) + np.array([self.k[0, 2], self.k[1, 2]])
+
+
+def _clip_near(poly: np.ndarray) -> np.ndarray:
+    """Sutherland-Hodgman clip of a camera-frame polygon against z >= NEAR_PLANE."""
+    out = []
+    n = len(poly)
+    for i in range(n):
+        cur, nxt = poly[i], poly[(i + 1) % n]
+        cur_in, nxt_in = cur[2] >= NEAR_PLANE, nxt[2] >= NEAR_PLANE
+        if cur_in:
+            out.append(cur)
+        if cur_in != nxt_in:
+            a = (NEAR_PLANE - cur[2]) / (nxt[2] - cur[2])
+            out.append(cur + a * (nxt - cur))
+    return np.array(out) if out else np.zeros((0, 3))
+
+
+def _fill(image: np.ndarray, proj: Projector, cam_poly: np.ndarray, color: tuple[int, int, int]) -> None:
+    clipped = _clip_near(cam_poly)
+    if len(clipped) < 3:
+        return
+    px = proj.to_pixels(clipped)
+    # Cheap reject of polygons entirely off one side of the image.
+    if px[:, 0].max() < 0 or px[:, 0].min() > IMAGE_WIDTH or px[:, 1].max() < 0 or px[:, 1].min() > IMAGE_HEIGHT:
+        return
+    px = np.clip(px, -1e6, 1e6)
+    # 2 bits of sub-pixel precision keep thin lane markings from jittering between frames.
+    cv2.fillPoly(image, [np.round(px * 4).astype(np.int32)], color, lineType=cv2.LINE_AA, shift=2)
+
+
+def _background(k: np.ndarray) -> np.ndarray:
+    """Sky above the horizon, ground below; cameras have zero pitch so the horizon is the row cy."""
+    horizon = round(float(k[1, 2]))
+    rows = np.zeros((IMAGE_HEIGHT, 3), dtype=np.float32)
+    sky_t = np.linspace(0.0, 1.0, max(horizon, 1))[:, None]
+    rows[:horizon] = SKY_TOP * (1 - sky_t) + SKY_HORIZON * sky_t
+    ground_t = np.linspace(0.0, 1.0, IMAGE_HEIGHT - horizon)[:, None]
+    rows[horizon:] = GROUND_FAR * (1 - ground_t) + GROUND_NEAR * ground_t
+    return np.repeat(rows[:, None, :], IMAGE_WIDTH, axis=1).astype(np.uint8)
+
+
+_BACKGROUNDS: dict[tuple[float, ...], np.ndarray] = {}
+
+
+def _shade(color: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
+    return tuple(int(min(255, c * factor)) for c in color)  # type: ignore[return-value]
+
+
+def _agent_parts(world: World, agent: Agent, t: float) -> list[Box3D]:
+    """The annotated box of an agent split into parts that read as a car / truck / person."""
+    box = world.agent_box(agent, t)
+    w, length, h = box.size
+    fwd = np.array([math.cos(box.yaw), math.sin(box.yaw), 0.0])
+    base = box.center - np.array([0.0, 0.0, h / 2])
+
+    def part(along: float, z0: float, z1: float, pw: float, pl: float, color: tuple[int, int, int]) -> Box3D:
+        return Box3D(base + fwd * along + np.array([0.0, 0.0, (z0 + z1) / 2]), box.yaw, (pw, pl, z1 - z0), color)
+
+    if agent.kind == "pedestrian":
+        return [
+            part(0.0, 0.0, 0.85, w * 0.55, length * 0.45, (50, 45, 40)),
+            part(0.0, 0.85, 1.45 * h / 1.75, w * 0.8, length * 0.6, agent.color),
+            part(0.0, 1.45 * h / 1.75 + 0.03, h, w * 0.35, length * 0.35, (120, 150, 190)),
+        ]
+    if agent.kind == "car":
+        cabin = (40, 40, 40) if agent.color_name != "black" else (90, 80, 70)
+        return [
+            part(0.0, 0.0, 0.35, w * 0.9, length * 0.8, (25, 25, 25)),
+            part(0.0, 0.3, 0.95 * h / 1.55, w, length, agent.color),
+            part(-0.08 * length, 0.95 * h / 1.55, h, w * 0.88, length * 0.5, cabin),
+        ]
+    # Truck or bus: a cab / body split so the front reads differently from the back.
+    return [
+        part(0.0, 0.0, 0.6, w * 0.9, length * 0.9, (25, 25, 25)),
+        part(0.38 * length, 0.5, h * 0.75, w, length * 0.22, _shade(agent.color, 0.8)),
+        part(-0.11 * length, 0.5, h, w, length * 0.76, agent.color),
+    ]
+
+
+def _draw_box(image: np.ndarray, proj: Projector, box: Box3D) -> None:
+    corners = box.corners()
+    cam = proj.to_camera(corners)
+    if cam[:, 2].max() < NEAR_PLANE:
+        return
+    for idx, factor in FACES:
+        face = corners[list(idx)]
+        normal = np.cross(face[1] - face[0], face[2] - face[1])
+        if np.dot(normal, proj.position - face[0]) <= 0:  # back face
+            continue
+        _fill(image, proj, cam[list(idx)], _shade(box.color, factor))
+
+
+def _draw_ground(image: np.ndarray, proj: Projector, world: World, s_ego: float) -> None:
+    s0, s1 = s_ego - 150.0, s_ego + 400.0
+    quads: list[tuple[np.ndarray, tuple[int, int, int]]] = [
+        (world.ground_quad(s0, s1, -ROAD_HALF_WIDTH, ROAD_HALF_WIDTH), ASPHALT),
+        (world.ground_quad(s0, s1, ROAD_HALF_WIDTH, ROAD_HALF_WIDTH + SIDEWALK_WIDTH), SIDEWALK),
+        (world.ground_quad(s0, s1, -ROAD_HALF_WIDTH - SIDEWALK_WIDTH, -ROAD_HALF_WIDTH), SIDEWALK),
+    ]
+    # Solid edge lines and a double centre line (yellow where traffic keeps right, white otherwise).
+    centre = MARKING_YELLOW if world.right_hand_traffic else MARKING_WHITE
+    for lateral, colour in ((CARRIAGEWAY_HALF_WIDTH, MARKING_WHITE), (-CARRIAGEWAY_HALF_WIDTH, MARKING_WHITE),
+                            (0.12, centre), (-0.12, centre)):
+        quads.append((world.ground_quad(s0, s1, lateral - 0.07, lateral + 0.07), colour))
+    # Dashed lane dividers, phase-locked to the road so they stay put while the ego moves.
+    first = math.floor((s_ego - 60.0) / 9.0) * 9.0
+    for lateral in (LANE_WIDTH, -LANE_WIDTH):
+        for s in np.arange(first, s_ego + 120.0, 9.0):
+            quads.append((world.ground_quad(s, s + 3.0, lateral - 0.075, lateral + 0.075), MARKING_WHITE))
+    if world.crosswalk_s is not None:
+        for lateral in np.arange(-CARRIAGEWAY_HALF_WIDTH + 0.25, CARRIAGEWAY_HALF_WIDTH, 1.0):
+            quads.append((world.ground_quad(world.crosswalk_s - 2.0, world.crosswalk_s + 2.0, lateral, lateral + 0.5),
+                          MARKING_WHITE))
+    for quad, colour in quads:
+        _fill(image, proj, proj.to_camera(quad), colour)
+
+
+def render(world: World, cam: CameraModel, t: float) -> np.ndarray:
+    """BGR image (900x1600) of the world seen by ``cam`` at scene time ``t`` seconds."""
+    key = tuple(cam.k.ravel())
+    if key not in _BACKGROUNDS:
+        _BACKGROUNDS[key] = _background(cam.k)
+    image = _BACKGROUNDS[key].copy()
+    ego_t, ego_yaw = world.ego_pose(t)
+    proj = Projector(cam, ego_t, ego_yaw)
+    _draw_ground(image, proj, world, world.ego_speed * t)
+
+    # Painter's algorithm: far objects first. Objects do not interpenetrate, so centre depth suffices.
+    objects: list[tuple[float, list[Box3D]]] = []
+    for building in world.buildings:
+        objects.append((float(np.linalg.norm(building.center - proj.position)), [building]))
+    for agent in world.agents:
+        parts = _agent_parts(world, agent, t)
+        objects.append((float(np.linalg.norm(parts[1].center - proj.position)), parts))
+    for _, parts in sorted(objects, key=lambda item: -item[0]):
+        for part in parts:
+            _draw_box(image, proj, part)
+    return image
+
+
+@dataclass(frozen=True)
+class ObjectView:
+    """Where an agent appears in one camera image."""
+
+    camera: str
+    bbox: tuple[float, float, float, float]  # x1, y1, x2, y2, clipped to the image
+    center: tuple[float, float]  # projected 3D box centre, pixels
+    depth: float  # metres along the optical axis
+
+
+def project_agent(world: World, agent: Agent, cam: CameraModel, t: float) -> ObjectView | None:
+    """The agent's 2D box in ``cam`` at time ``t``, or None if its centre is not in the image."""
+    ego_t, ego_yaw = world.ego_pose(t)
+    proj = Projector(cam, ego_t, ego_yaw)
+    box = world.agent_box(agent, t)
+    pts = proj.to_camera(np.vstack([box.center[None, :], box.corners()]))
+    if pts[0, 2] < 1.0 or pts[1:, 2].min() < NEAR_PLANE:
+        return None
+    px = proj.to_pixels(pts)
+    cx, cy = px[0]
+    if not (0 <= cx < IMAGE_WIDTH and 0 <= cy < IMAGE_HEIGHT):
+        return None
+    x1, y1 = np.clip(px[1:].min(axis=0), 0, [IMAGE_WIDTH - 1, IMAGE_HEIGHT - 1])
+    x2, y2 = np.clip(px[1:].max(axis=0), 0, [IMAGE_WIDTH - 1, IMAGE_HEIGHT - 1])
+    return ObjectView(cam.name, (float(x1), float(y1), float(x2), float(y2)), (float(cx), float(cy)), float(pts[0, 2]))
+
+
+# --- world generation ---------------------------------------------------------------------------------
+
+CAR_COLORS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("white", (235, 235, 235)), ("black", (30, 30, 32)), ("silver", (185, 185, 180)), ("red", (40, 40, 200)),
+    ("blue", (170, 90, 30)), ("gray", (120, 120, 120)), ("dark green", (60, 90, 30)), ("yellow", (40, 200, 235)),
+)
+SHIRT_COLORS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("a red shirt", (50, 50, 210)), ("a blue jacket", (160, 80, 40)), ("a white shirt", (230, 230, 230)),
+    ("a green coat", (70, 140, 60)), ("an orange vest", (30, 140, 245)), ("a black coat", (35, 35, 35)),
+)
+
+SCENARIOS: tuple[str, ...] = ("cruise", "crossing", "slow_follow")
+
+
+def make_world(rng: random.Random, scenario: str, origin: tuple[float, float], yaw: float,
+               right_hand_traffic: bool, duration: float) -> World:
+    """A world for one scenario: ``cruise`` (normal speed in traffic), ``crossing`` (ego stopped for a
+    pedestrian on the crossing) or ``slow_follow`` (slow behind a truck)."""
+    ego_speed = {"cruise": 8.0, "crossing": 0.0, "slow_follow": 3.5}[scenario]
+    world = World(origin, yaw, right_hand_traffic, ego_speed)
+    side = -1.0 if right_hand_traffic else 1.0  # lateral sign of the ego's carriageway
+    lane_in, lane_out = side * LANE_WIDTH / 2, side * LANE_WIDTH * 1.5
+
+    def car(s0: float, lateral: float, vs: float, role: str, heading: float = 0.0) -> Agent:
+        name, color = rng.choice(CAR_COLORS)
+        size = (rng.uniform(1.8, 2.0), rng.uniform(4.2, 4.8), rng.uniform(1.45, 1.65))
+        return Agent("car", "vehicle.car", size, color, name, s0, lateral, vs, 0.0, heading, role)
+
+    def pedestrian(s0: float, lateral: float, vs: float, vl: float, role: str) -> Agent:
+        name, color = rng.choice(SHIRT_COLORS)
+        heading = math.atan2(vl, vs) if (vs or vl) else rng.choice([0.0, math.pi])
+        size = (rng.uniform(0.55, 0.7), rng.uniform(0.55, 0.75), rng.uniform(1.6, 1.85))
+        return Agent("pedestrian", "human.pedestrian.adult", size, color, name, s0, lateral, vs, vl, heading, role)
+
+    if scenario == "cruise":
+        world.agents.append(car(rng.uniform(16, 22), lane_in, ego_speed, "lead"))
+        world.agents.append(car(rng.uniform(-4, 4), lane_out, ego_speed + 1.5, "adjacent"))
+    elif scenario == "crossing":
+        # A pedestrian walks across the ego's carriageway in front of the stopped ego vehicle.
+        world.crosswalk_s = rng.uniform(8.5, 10.0)
+        world.agents.append(pedestrian(world.crosswalk_s, side * LANE_WIDTH * 1.5, 0.0, -side * 1.3, "crossing"))
+        world.agents.append(car(rng.uniform(14, 18), -lane_in, 0.0, "waiting", heading=math.pi))
+    else:
+        name, color = rng.choice(CAR_COLORS[:4])
+        world.agents.append(Agent("truck", "vehicle.truck", (2.5, 8.5, 3.2), color, name, rng.uniform(13, 16),
+                                  lane_in, ego_speed, 0.0, 0.0, "lead"))
+        world.agents.append(car(rng.uniform(-12, -8), lane_out, ego_speed + 4.0, "overtaking"))
+    # Oncoming traffic, cars following behind, parked cars and pedestrians on both sidewalks.
+    for _ in range(rng.randint(2, 3)):
+        world.agents.append(car(rng.uniform(15, 80), -rng.choice([lane_in, lane_out]), -rng.uniform(6, 11),
+                                "oncoming", heading=math.pi))
+    world.agents.append(car(rng.uniform(-30, -15), lane_in, ego_speed, "behind"))
+    for s in rng.sample(range(-40, 60, 12), 3):
+        world.agents.append(car(float(s), side * (ROAD_HALF_WIDTH - 1.25), 0.0, "parked"))
+    for _ in range(rng.randint(3, 5)):
+        lateral_side = rng.choice([-1.0, 1.0])
+        walking = rng.random() < 0.7
+        world.agents.append(pedestrian(rng.uniform(-25, 45), lateral_side * (ROAD_HALF_WIDTH + rng.uniform(0.8, 2.2)),
+                                       rng.choice([-1.3, 1.3]) if walking else 0.0, 0.0, "sidewalk"))
+    _remove_overlaps(world, duration + 1.0)
+
+    for lateral_side in (-1.0, 1.0):
+        s = -160.0
+        while s < 420.0:
+            length, depth, height = rng.uniform(10, 24), rng.uniform(8, 14), rng.uniform(6, 22)
+            setback = ROAD_HALF_WIDTH + SIDEWALK_WIDTH + rng.uniform(1.0, 3.0) + depth / 2
+            xy = world.road_to_global(s + length / 2, lateral_side * setback)
+            shade = rng.uniform(0.6, 1.0)
+            base = rng.choice([(150, 170, 190), (120, 130, 150), (180, 180, 175), (110, 120, 170), (140, 150, 140)])
+            color = tuple(int(c * shade) for c in base)
+            world.buildings.append(Box3D(np.array([xy[0], xy[1], height / 2]), yaw, (depth, length, height), color))
+            s += length + rng.uniform(2.0, 8.0)
+    return world
+
+
+def _remove_overlaps(world: World, horizon: float) -> None:
+    """Drop agents that would overlap an earlier one (or the ego) during the scene; keeps boxes disjoint."""
+    kept: list[Agent] = []
+    times = np.linspace(0.0, horizon, 21)
+    ego = Agent("car", "", (2.0, 4.8, 1.6), (0, 0, 0), "", 0.0, world.ego_lane, world.ego_speed)
+    for agent in world.agents:
+        clash = False
+        for other in [ego, *kept]:
+            for t in times:
+                (sa, la), (sb, lb) = agent.road_position(t), other.road_position(t)
+                gap_s = (max(agent.size[:2]) + max(other.size[:2])) / 2 + 1.0
+                gap_l = (min(agent.size[:2]) + min(other.size[:2])) / 2 + 0.3
+                if abs(sa - sb) < gap_s and abs(la - lb) < gap_l:
+                    clash = True
+                    break
+            if clash:
+                break
+        if not clash:
+            kept.append(agent)
+    world.agents = kept
