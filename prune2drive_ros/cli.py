@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "play": ("prune2drive_ros.data.player", "replay a rosbag2 with rclpy (for machines without rosbag2)"),
     "eval": ("prune2drive_ros.eval.run", "evaluate on DriveLM"),
     "optimize": ("prune2drive_ros.eval.optimize", "search per-camera budgets with TPE"),
+    "report": ("prune2drive_ros.eval.report", "compare eval runs of several methods: table and plot"),
 }
 
 

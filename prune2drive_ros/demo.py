@@ -1,0 +1,214 @@
+"""``prune2drive demo``: the whole product on one machine, end to end.
+
+sample nuScenes (or ``--dataroot``) -> rosbag2 with DriveLM questions -> replay over DDS (localhost)
+-> drive_vqa_node -> answers printed live -> a summary: each question with its answer, p50/p90 per
+stage, the FLOPs ratio, kept tokens per camera, and the kept-token mosaic saved as a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+
+from prune2drive_ros.cameras import ANSWER_TOPIC, CAMERA_NAMES, DIAGNOSTICS_TOPIC, KEPT_TOKENS_TOPIC
+
+STAGES = ("sync_wait_ms", "image_decode_ms", "preprocess_ms", "vision_ms", "prune_ms", "prefill_ms", "decode_ms",
+          "total_ms")
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prune2drive"
+KNOWN_CHECKPOINTS = ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-onevision-qwen2-7b-ov-hf")
+
+
+def choose_model(requested: str | None) -> tuple[str, str]:
+    """(model, why): --model, then $PRUNE2DRIVE_MODEL, then a cached LLaVA-OneVision, then the tiny model."""
+    if requested:
+        return requested, "--model"
+    if os.environ.get("PRUNE2DRIVE_MODEL"):
+        return os.environ["PRUNE2DRIVE_MODEL"], "$PRUNE2DRIVE_MODEL"
+    hub = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
+                              / "hub"))
+    for repo in KNOWN_CHECKPOINTS:
+        snapshots = hub / f"models--{repo.replace('/', '--')}" / "snapshots"
+        if snapshots.is_dir() and any(snapshots.iterdir()):
+            return repo, "found in the Hugging Face cache"
+    tiny = CACHE / "tiny-model"
+    if not (tiny / "config.json").is_file():
+        from prune2drive_ros.vlm.tiny import make_tiny_model
+
+        make_tiny_model(tiny)
+    return str(tiny), "no checkpoint found locally: tiny random-weight model (answers are gibberish)"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class _Listener:
+    """Collects answers, per-answer diagnostics and the latest kept-token mosaic."""
+
+    def __init__(self, node, verbose: bool = True):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        self.records: list[dict[str, str]] = []
+        self.mosaic = None
+        self.verbose = verbose
+        self._lock = threading.Lock()
+        node.create_subscription(String, ANSWER_TOPIC, lambda m: None, 10)
+        node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 50)
+        node.create_subscription(Image, KEPT_TOKENS_TOPIC, self._on_mosaic, 2)
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if "question" not in values:
+                continue
+            values["answer"] = status.message
+            with self._lock:
+                self.records.append(values)
+            if self.verbose:
+                print(f"[{float(values['frame_stamp']):.2f}] Q: {values['question']}\n"
+                      f"    A: {status.message}   ({float(values['total_ms']):.0f} ms, "
+                      f"FLOPs {float(values['flops_ratio']):.1%})", flush=True)
+
+    def _on_mosaic(self, msg) -> None:
+        import numpy as np
+
+        self.mosaic = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+
+
+def summary(records: list[dict[str, str]]) -> str:
+    if not records:
+        return "no answers were produced"
+    lines = ["", "answers:"]
+    for r in records:
+        lines.append(f"  Q: {r['question'][:100]}")
+        lines.append(f"  A: {r['answer'][:100]}")
+    lines += ["", f"{'stage':<18}{'p50 ms':>10}{'p90 ms':>10}"]
+    for key in STAGES:
+        values = [float(r[key]) for r in records if key in r]
+        if values:
+            lines.append(f"{key[:-3]:<18}{statistics.median(values):>10.1f}{_percentile(values, 0.9):>10.1f}")
+    flops = [float(r["flops_ratio"]) for r in records]
+    lines += ["", f"prefill FLOPs: {statistics.mean(flops):.1%} of dense (mean over {len(records)} answers)"]
+    kept = [list(map(int, r["kept_per_view"].split(","))) for r in records]
+    per_camera = [statistics.mean(k[i] for k in kept) for i in range(len(CAMERA_NAMES))]
+    lines.append("kept tokens per camera (of 729): " + ", ".join(
+        f"{name}={n:.0f}" for name, n in zip(CAMERA_NAMES, per_camera)))
+    lines.append(f"vision backend: {records[-1].get('vision_backend')}  device: {records[-1].get('device')}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="checkpoint folder or hub id (default: see README)")
+    parser.add_argument("--dataroot", type=Path, default=None, help="nuScenes root (default: synthetic sample)")
+    parser.add_argument("--version", default="v1.0-mini")
+    parser.add_argument("--drivelm", type=Path, default=None, help="DriveLM file (default: the sample's)")
+    parser.add_argument("--seconds", type=float, default=None, help="stop replay after this long")
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="bag, sample data and mosaic go here")
+    parser.add_argument("--pruning", default="tfps")
+    parser.add_argument("--retain", type=float, default=0.1)
+    parser.add_argument("--vision-backend", default="torch")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--rate", type=float, default=1.0, help="replay speed")
+    parser.add_argument("--keyframes", type=int, default=3, help="keyframes in the synthetic sample")
+
+
+def _prepare_bag(args: argparse.Namespace) -> Path:
+    from prune2drive_ros.data.nuscenes_to_bag import convert_nuscenes
+    from prune2drive_ros.data.sample_nuscenes import make_sample_nuscenes
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    dataroot, drivelm = args.dataroot, args.drivelm
+    if dataroot is None:
+        dataroot = args.out / "sample-nuscenes"
+        if not (dataroot / "v1.0-mini").is_dir():
+            print(f"writing a synthetic nuScenes sample to {dataroot}")
+            make_sample_nuscenes(dataroot, scenes=1, keyframes=args.keyframes, progress=False)
+        drivelm = drivelm or dataroot / "drivelm.json"
+    bag = args.out / "bag"
+    print(f"converting {dataroot} -> {bag}")
+    return convert_nuscenes(dataroot, args.version, bag, drivelm=drivelm, force=True, progress=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Demo traffic stays on this machine and off other people's domain unless the user says otherwise.
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+    model, why = choose_model(args.model)
+    print(f"model: {model} ({why})")
+    bag = _prepare_bag(args)
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from prune2drive_ros.data.player import BagPlayer
+    from prune2drive_ros.ros.node import DriveVqaNode
+
+    rclpy.init(args=[])
+    overrides = [
+        Parameter("model", value=model),
+        Parameter("pruning_method", value=args.pruning),
+        Parameter("retain", value=float(args.retain)),
+        Parameter("vision_backend", value=args.vision_backend),
+        Parameter("device", value=args.device),
+        Parameter("max_new_tokens", value=int(args.max_new_tokens)),
+        Parameter("publish_kept_tokens", value=True),
+        Parameter("qos_reliability", value="reliable"),  # a demo should not lose frames to best effort
+    ]
+    node = DriveVqaNode(parameter_overrides=overrides)
+    listener_node = rclpy.create_node("prune2drive_demo")
+    listener = _Listener(listener_node)
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    executor.add_node(listener_node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    stop = threading.Event()
+    try:
+        print("loading the model (configure) ...", flush=True)
+        node.autostart()
+        if node._runner is None:
+            print("the node failed to configure; see the log above")
+            return 1
+        player = BagPlayer(bag, rate=args.rate, wait_for_subscribers=5.0)
+        print(f"replaying {bag} at {args.rate}x; answers follow", flush=True)
+        player.run(stop_event=stop, max_duration=args.seconds)
+        _drain(node, listener, timeout=120.0)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        node._release_all()
+        executor.shutdown()
+        node.destroy_node()
+        listener_node.destroy_node()
+        rclpy.try_shutdown()
+    print(summary(listener.records))
+    if listener.mosaic is not None:
+        import cv2
+
+        path = args.out / "kept_tokens.png"
+        cv2.imwrite(str(path), cv2.cvtColor(listener.mosaic, cv2.COLOR_RGB2BGR))
+        print(f"kept-token mosaic: {path}")
+    return 0 if listener.records else 1
+
+
+def _drain(node, listener: _Listener, timeout: float) -> None:
+    """Wait until queued questions are answered (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last, quiet_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        depth = node.health_counters().get("question_queue_depth", 0)
+        count = len(listener.records)
+        if count != last:
+            last, quiet_since = count, time.monotonic()
+        if depth == 0 and time.monotonic() - quiet_since > 8.0:  # an inference may still be running
+            return
+        time.sleep(0.2)
