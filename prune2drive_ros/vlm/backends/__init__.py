@@ -56,13 +56,30 @@ def resolve_backend_name(requested: str, device: str | None = None, strict: bool
 
 def make_vision_backend(requested: str, encoder, *, device: torch.device, dtype: torch.dtype,
                         engine_dir=None, strict: bool = False, model_dir=None):
-    """Build the backend for ``requested`` (after fallback) around a ``VisionEncoder``."""
+    """Build the backend for ``requested`` (after fallback) around a ``VisionEncoder``.
+
+    A backend that is installed but fails to build (export error, parity rejection) also falls back
+    to the next one in the chain, unless ``strict``; the reason says what happened.
+    """
     name, reason = resolve_backend_name(requested, str(device), strict)
-    if name == "torch":
-        backend = TorchVisionBackend(encoder)
-    else:
+    failures = []
+    while name != "torch":
         from prune2drive_ros.vlm.backends.build import load_or_build
 
-        backend = load_or_build(name, encoder, device=device, dtype=dtype, engine_dir=engine_dir, model_dir=model_dir)
+        try:
+            backend = load_or_build(name, encoder, device=device, dtype=dtype, engine_dir=engine_dir,
+                                    model_dir=model_dir)
+        except Exception as exc:
+            if strict:
+                raise
+            failures.append(f"{name}: build failed: {exc}")
+            name, reason = resolve_backend_name(FALLBACK_CHAIN[FALLBACK_CHAIN.index(name) + 1], str(device))
+            continue
+        break
+    else:
+        backend = TorchVisionBackend(encoder)
+    if failures:
+        earlier = [reason.removeprefix("fallback: ")] if reason.startswith("fallback") else []
+        reason = "fallback: " + "; ".join([*failures, *earlier])
     backend.reason = reason
     return backend
