@@ -26,14 +26,27 @@ OVERRIDES = {
     "device": "auto | cpu | cuda | cuda:N",
     "dtype": "auto | float32 | float16 | bfloat16",
     "max_new_tokens": "answer length cap",
+    "camera_topics": "six image topics in camera order, e.g. [/a, /b, /c, /d, /e, /f]",
     "image_transport": "compressed | raw",
+    "qos_reliability": "best_effort | reliable",
+    "sync_slop_s": "max stamp spread of a synchronized set (s)",
+    "sync_queue_size": "synchronizer queue per camera",
+    "camera_timeout_s": "silence before a camera is WARN (ERROR after 3x)",
+    "question_period_s": "period of the standing questions (0 = off)",
     "publish_kept_tokens": "publish the kept-token mosaic on /vlm/kept_tokens",
+    "autostart": "configure and activate at start-up",
+}
+# Parameters that are unset by default, which a ROS parameter file cannot express (no empty lists): they
+# appear commented out in config/drive_vqa.yaml and are wired here the same way.
+OPTIONAL_OVERRIDES = {
+    "view_ratios": "six per-camera kept fractions, e.g. [0.1, 0.1, 0.1, 0.1, 0.1, 0.1] (empty: retain)",
+    "questions": "standing questions, e.g. ['What are the important objects?']",
 }
 
 
 def _node(context, *args, **kwargs):
     overrides = {}
-    for name in OVERRIDES:
+    for name in [*OVERRIDES, *OPTIONAL_OVERRIDES]:
         value = LaunchConfiguration(name).perform(context)
         if value != "":
             # Same typing rules as --ros-args -p: "0.1" is a double, "true" a bool.
@@ -63,6 +76,6 @@ def generate_launch_description():
     ]
     args += [
         DeclareLaunchArgument(name, default_value="", description=f"{text} (empty: from params_file)")
-        for name, text in OVERRIDES.items()
+        for name, text in {**OVERRIDES, **OPTIONAL_OVERRIDES}.items()
     ]
     return LaunchDescription([*args, OpaqueFunction(function=_node)])

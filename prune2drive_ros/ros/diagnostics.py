@@ -1,0 +1,134 @@
+"""What the node reports on /diagnostics, as plain key/value lists (no ROS; the node wraps them).
+
+Two kinds of status:
+
+- one per answer: the question, the frame stamp, every stage timing, token counts and FLOPs;
+- node health, once a second: input rate and silence per camera (WARN after ``camera_timeout_s``,
+  ERROR after ``error_factor`` times that), synchronized sets per second, everything dropped and
+  why, queue depths and GPU memory.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+# diagnostic_msgs/DiagnosticStatus levels.
+OK, WARN, ERROR = 0, 1, 2
+LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
+
+# Per-answer timing keys, in pipeline order. The runner reports the middle six as timings_ms.
+TIMING_KEYS = ("sync_wait_ms", "image_decode_ms", "preprocess_ms", "vision_ms", "prune_ms", "prefill_ms",
+               "decode_ms", "total_ms")
+RUNNER_STAGES = ("preprocess", "vision", "prune", "prefill", "decode", "total")
+ANSWER_KEYS = ("question", "frame_stamp", *TIMING_KEYS, "visual_tokens", "kept_tokens", "kept_per_view",
+               "flops_ratio", "vision_backend", "device")
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def answer_values(answer: Any, *, question: str, frame_stamp: float, sync_wait_ms: float, image_decode_ms: float,
+                  vision_backend: str, device: str, extra: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
+    """Key/values of one answer's status; ``answer`` is a ``prune2drive_ros.vlm.Answer``."""
+    timings = answer.timings_ms
+    flops_ratio = answer.flops / answer.flops_dense if answer.flops_dense else 1.0
+    values = [
+        ("question", question),
+        ("frame_stamp", f"{frame_stamp:.9f}"),
+        ("sync_wait_ms", _ms(sync_wait_ms)),
+        ("image_decode_ms", _ms(image_decode_ms)),
+        *((f"{stage}_ms", _ms(float(timings.get(stage, 0.0)))) for stage in RUNNER_STAGES),
+        ("visual_tokens", str(answer.visual_tokens)),
+        ("kept_tokens", str(sum(answer.kept_per_view))),
+        ("kept_per_view", ",".join(str(k) for k in answer.kept_per_view)),
+        ("flops_ratio", f"{flops_ratio:.4f}"),
+        ("vision_backend", vision_backend),
+        ("device", device),
+    ]
+    values += [(k, str(v)) for k, v in (extra or {}).items()]
+    return values
+
+
+def gpu_memory_mb() -> float | None:
+    """CUDA memory held by torch tensors in this process, or None without CUDA (torch not imported here)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.memory_allocated() / 2**20
+
+
+class HealthMonitor:
+    """Input rates and camera silence; thread-safe, O(cameras) memory."""
+
+    def __init__(self, names: Sequence[str], camera_timeout_s: float, *, error_factor: float = 3.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.names = list(names)
+        self.camera_timeout_s = camera_timeout_s
+        self.error_factor = error_factor
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.start()
+
+    def start(self) -> None:
+        """Begin watching: silence counts from now, so a camera that never publishes goes WARN too."""
+        now = self._clock()
+        with self._lock:
+            self._last_seen = [now] * len(self.names)
+            self._frames = [0] * len(self.names)
+            self._sets = 0
+            self._prev_frames = [0] * len(self.names)
+            self._prev_sets = 0
+            self._prev_time = now
+
+    def frame(self, index: int) -> None:
+        now = self._clock()
+        with self._lock:
+            self._frames[index] += 1
+            self._last_seen[index] = now
+
+    def synced(self, count: int = 1) -> None:
+        with self._lock:
+            self._sets += count
+
+    def camera_levels(self) -> list[tuple[int, float]]:
+        """(level, seconds since the last frame) per camera."""
+        now = self._clock()
+        with self._lock:
+            silences = [now - t for t in self._last_seen]
+        out = []
+        for silence in silences:
+            if silence > self.camera_timeout_s * self.error_factor:
+                out.append((ERROR, silence))
+            elif silence > self.camera_timeout_s:
+                out.append((WARN, silence))
+            else:
+                out.append((OK, silence))
+        return out
+
+    def report(self, counters: Mapping[str, Any]) -> tuple[int, str, list[tuple[str, str]]]:
+        """(level, message, values) of the health status; rates cover the time since the last report."""
+        levels = self.camera_levels()
+        now = self._clock()
+        with self._lock:
+            dt = max(now - self._prev_time, 1e-6)
+            rates = [(f - p) / dt for f, p in zip(self._frames, self._prev_frames, strict=True)]
+            sets_rate = (self._sets - self._prev_sets) / dt
+            self._prev_frames, self._prev_sets, self._prev_time = list(self._frames), self._sets, now
+        level = max((lvl for lvl, _ in levels), default=OK)
+        lost = [f"{name} silent {silence:.1f} s" for name, (lvl, silence) in zip(self.names, levels, strict=True)
+                if lvl != OK]
+        message = "; ".join(lost) if lost else "all cameras streaming"
+        values: list[tuple[str, str]] = []
+        for name, rate, (lvl, silence) in zip(self.names, rates, levels, strict=True):
+            values.append((f"rate_hz.{name}", f"{rate:.2f}"))
+            values.append((f"camera.{name}", LEVEL_NAMES[lvl] if lvl == OK else f"{LEVEL_NAMES[lvl]} {silence:.1f} s"))
+        values.append(("sets_per_s", f"{sets_rate:.2f}"))
+        gpu = gpu_memory_mb()
+        values.append(("gpu_memory_mb", "n/a (no CUDA)" if gpu is None else f"{gpu:.1f}"))
+        values += [(k, str(v)) for k, v in counters.items()]
+        return level, message, values
