@@ -262,3 +262,23 @@ def test_cuda_matches_cpu_without_syncs_in_the_loop() -> None:
         ascending_prefixes(max_min_order(dist, 146), budgets)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_distances_are_exactly_symmetric_and_snapped() -> None:
+    from prune2drive_ros.pruning.cosine import RESOLUTION, cosine_distances
+
+    for shape in [(6, 729, 96), (1, 50, 3), (2, 9, 1)]:
+        d = cosine_distances(torch.randn(*shape) * 10)
+        assert torch.equal(d, d.transpose(-1, -2))  # mutual nearest neighbours must tie exactly
+        assert torch.equal(d, (d / RESOLUTION).round() * RESOLUTION)
+        assert float(d.min()) >= 0.0 and float(d.max()) <= 2.0
+    parallel = torch.tensor([[[1.0, 2.0, 3.0], [3.0, 6.0, 9.0], [-0.1, -0.2, -0.3]]])
+    assert cosine_distances(parallel)[0].tolist() == [[0.0, 0.0, 2.0], [0.0, 0.0, 2.0], [2.0, 2.0, 0.0]]
+
+
+def test_mutual_nearest_neighbours_tie_even_if_the_matrix_is_not_bit_symmetric() -> None:
+    # Tokens 0 and 1 are each other's nearest neighbour and the most isolated pair; a last-bit
+    # asymmetry in d(1, 0) must not turn their exact tie into a win for token 1.
+    d = torch.tensor([[0.0, 1.0, 1.5, 1.5], [1.0, 0.0, 1.5, 1.5], [1.5, 1.5, 0.0, 0.2], [1.5, 1.5, 0.2, 0.0]])
+    d[1, 0] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
+    assert max_min_order(d[None].clone(), 1).tolist() == [[0]]

@@ -21,7 +21,7 @@ rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -98,10 +98,13 @@ class Stack:
         rig_args = {"transport": values.get("image_transport", "compressed"), "jitter_ms": 2.0, **(rig or {})}
         self.rig = FakeCameraRig(f"rig_{self.name}", context=context, **rig_args)
         self.probe = Probe(rclpy.create_node(f"probe_{self.name}", context=context))
-        self.executor = MultiThreadedExecutor(num_threads=3, context=context)
+        # One executor thread, stopped by a flag: rclpy's executor.shutdown() does not wait for tasks
+        # already handed out, which then trip over the destroyed guard condition.
+        self.executor = SingleThreadedExecutor(context=context)
         for node in (self.node, self.rig, self.probe.node):
             self.executor.add_node(node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
         if autostart:
             assert self.node.autostart()
@@ -127,10 +130,15 @@ class Stack:
         assert found, f"no answer to {question!r} in {timeout} s; health: {self.probe.latest_health()}"
         return self.probe.answer_statuses[before]
 
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
     def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=30)
         self.node._release_all()
         self.executor.shutdown(timeout_sec=10)
-        self.thread.join(timeout=10)
         for node in (self.node, self.rig, self.probe.node):
             node.destroy_node()
 

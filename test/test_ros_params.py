@@ -132,6 +132,15 @@ def test_check_parameter_gives_reasons(name, value, fragment) -> None:
     assert reason is not None and fragment in reason
 
 
+def test_choices_match_the_libraries() -> None:
+    from prune2drive_ros.pruning import PRUNER_NAMES
+    from prune2drive_ros.ros import node
+    from prune2drive_ros.vlm.backends import FALLBACK_CHAIN
+
+    assert node.PRUNING_METHODS == tuple(PRUNER_NAMES)
+    assert node.VISION_BACKENDS == tuple(FALLBACK_CHAIN)
+
+
 def test_check_parameter_accepts_good_values() -> None:
     assert check_parameter("view_ratios", None) is None
     assert check_parameter("view_ratios", []) is None

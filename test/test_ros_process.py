@@ -22,7 +22,7 @@ rclpy = pytest.importorskip("rclpy")
 from conftest import REPO
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.srv import GetState
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from std_msgs.msg import String
 
 from prune2drive_ros.cameras import ANSWER_TOPIC, DIAGNOSTICS_TOPIC, QUESTION_TOPIC
@@ -96,12 +96,17 @@ class Outside:
         self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._diagnostics, 50)
         self.questions = self.node.create_publisher(String, QUESTION_TOPIC, 10)
         self.rig = FakeCameraRig(f"rig_{tag}", context=self.context, jitter_ms=2.0) if rig else None
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         for node in (self.node, self.rig):
             if node is not None:
                 self.executor.add_node(node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
 
     def _diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -116,8 +121,9 @@ class Outside:
         self.questions.publish(String(data=question))
 
     def close(self) -> None:
+        self._stop.set()
+        self.thread.join(30)
         self.executor.shutdown(timeout_sec=10)
-        self.thread.join(10)
         for node in (self.node, self.rig):
             if node is not None:
                 node.destroy_node()

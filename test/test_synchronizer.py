@@ -222,7 +222,8 @@ def test_thread_safety() -> None:
 
 def test_does_not_import_rclpy() -> None:
     code = (
-        "import sys, prune2drive_ros.ros.synchronizer, prune2drive_ros.ros.image_codec;"
+        "import sys, prune2drive_ros.ros.synchronizer, prune2drive_ros.ros.image_codec,"
+        " prune2drive_ros.ros.worker, prune2drive_ros.ros.diagnostics;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'sensor_msgs', 'std_msgs')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

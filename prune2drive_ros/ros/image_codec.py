@@ -268,7 +268,12 @@ def decode(msg: Any, *, max_side: int = DEFAULT_MAX_SIDE, use_cv_bridge: bool | 
     if use_cv_bridge is None:
         use_cv_bridge = HAVE_CV_BRIDGE and not (compressed and gpu is not False and _gpu_jpeg_decoder())
     if use_cv_bridge:
-        return decode_with_cv_bridge(msg, max_side=max_side)
+        try:
+            return decode_with_cv_bridge(msg, max_side=max_side)
+        except ImageDecodeError:
+            if not compressed:
+                raise
+            # cv_bridge assumes 3-channel JPEGs; OpenCV directly also reads grey ones (or says why not).
     if compressed:
         return decode_compressed(msg, max_side=max_side, gpu=gpu)
     return decode_raw(msg, max_side=max_side)

@@ -58,6 +58,8 @@ from prune2drive_ros.ros.worker import AnswerEvent, InferenceWorker
 
 NODE_NAME = "drive_vqa"
 
+# Copies of prune2drive_ros.pruning.PRUNER_NAMES and vlm.backends.FALLBACK_CHAIN (a test keeps them equal):
+# importing those pulls in torch, and the node should be up and answering lifecycle calls in a blink.
 PRUNING_METHODS = ("none", "tfps", "divprune", "fastv", "random", "pool", "mvpruner")
 VISION_BACKENDS = ("tensorrt", "onnxruntime", "torch")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -228,10 +230,15 @@ class DriveVqaNode(LifecycleNode):
         if names & {"retain", "view_ratios"} and self._worker is not None:
             self._worker.set_budgets(self._param("retain"), self._param("view_ratios"))
             self.get_logger().info(f"token budgets: retain={self._param('retain')} view_ratios={self._param('view_ratios')}")
-        if "camera_timeout_s" in names and self._health is not None:
+        if "camera_timeout_s" in names and self._health is not None and self._worker is not None:
             self._health.camera_timeout_s = self._param("camera_timeout_s")
+            self._worker.max_set_age_s = self._max_set_age()
         if "questions" in names and self._worker is not None:
             self._worker.set_standing(self._param("questions") or [])
+
+    def _max_set_age(self) -> float:
+        # A set older than the camera timeout no longer shows the scene; questions wait for a new one.
+        return max(self._param("camera_timeout_s"), 2 * self._param("sync_slop_s"))
 
     def _camera_topics(self) -> list[str]:
         topics = list(self._param("camera_topics"))
@@ -294,8 +301,7 @@ class DriveVqaNode(LifecycleNode):
             on_drop=self._drop,
             max_questions=QUESTION_QUEUE_SIZE,
             max_batch=MAX_BATCH,
-            # A set older than the camera timeout no longer shows the scene; questions wait for a new one.
-            max_set_age_s=max(self._param("camera_timeout_s"), 2 * self._param("sync_slop_s")),
+            max_set_age_s=self._max_set_age(),
         )
         self._worker.set_standing(self._param("questions") or [])
         self._answer_pub = self.create_lifecycle_publisher(String, ANSWER_TOPIC, 10)

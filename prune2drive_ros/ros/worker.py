@@ -148,7 +148,7 @@ class InferenceWorker:
                 self._budgets = budgets
                 self._cond.notify()
                 return
-        self.runner.set_budgets(**budgets)
+        self._apply_budgets(budgets)
 
     def queue_depth(self) -> int:
         with self._cond:
@@ -180,7 +180,7 @@ class InferenceWorker:
         while True:
             with self._cond:
                 while not self._stop and not self._ready():
-                    # Wake up now and then: a set goes stale by the clock, not by a notify.
+                    # Inputs and stop() notify; the timeout only bounds the cost of a missed wake-up.
                     self._cond.wait(timeout=0.25)
                 if self._stop:
                     return
