@@ -3,6 +3,8 @@
 For each feature width D and retain ratio, all methods run round-robin on the same random features
 (one warm-up call each, then ``--repeats`` timed calls), so the ratios compare like with like even on a
 busy machine. ``vs loop`` is loop time / method time: above 1 means faster than the published loop.
+T-FPS and the loop share the cosine distance matrix (an O(N^2 D) matmul that dominates on CPU at large
+D), so a second line times the selection alone, from a given distance matrix.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..pruning import get_pruner, reference_tfps_loop, view_budgets
-from ..pruning.fps import max_min_order, max_min_select
+from ..pruning import cosine_distances, get_pruner, reference_tfps_loop, view_budgets
+from ..pruning.fps import ascending_prefixes, max_min_order, max_min_select, published_loop
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 METHODS = ("tfps", "divprune", "fastv", "random", "pool", "mvpruner", "none")
@@ -94,11 +96,21 @@ def run(args: argparse.Namespace) -> int:
             if tfps_compiled is not None:
                 calls["tfps compiled"] = lambda f=features, b=budgets: tfps_compiled(f, b)
             medians = _time_round_robin(calls, repeats, device)
+            dist = cosine_distances(features)
+            steps = max(budgets)
+            selection = _time_round_robin({
+                "distances": lambda f=features: cosine_distances(f),
+                "loop": lambda d=dist, b=budgets: [published_loop(d[v].clone(), k) for v, k in enumerate(b)],
+                "tfps": lambda d=dist, b=budgets, s=steps: ascending_prefixes(max_min_order(d.clone(), s), b),
+            }, repeats, device)
             same = all(torch.equal(a, b) for a, b in zip(get_pruner("tfps").select(features, budgets),
                                                          reference_tfps_loop(features, budgets), strict=True))
             for i, (name, ms) in enumerate(medians.items()):
                 lead = f"{dim:>5} {retain:>6.2f} {budgets[0]:>9}" if i == 0 else " " * 22
                 print(f"{lead}  {name:<14} {ms:>10.2f} {medians['loop (ref)'] / ms:>7.2f}x")
+            print(f"{'':>22}  selection only, from the shared distances ({selection['distances']:.2f} ms): "
+                  f"loop {selection['loop']:.2f} ms, tfps {selection['tfps']:.2f} ms "
+                  f"({selection['loop'] / selection['tfps']:.1f}x)")
             print(f"{'':>22}  tfps picks == loop picks: {'yes' if same else 'NO'}")
             if not same:
                 return 1

@@ -2,7 +2,8 @@
 
 torch (and numpy) only: no ROS, no transformers, so the node, the evaluation and the benchmarks share it.
 Modules: ``fps`` (T-FPS and the published loop), ``cosine`` (distances, diversity), ``budgets``,
-``pruners`` / ``mvpruner`` / ``registry`` (``get_pruner``), ``flops``, ``render``.
+``pruners`` / ``mvpruner`` / ``registry`` (``get_pruner``), ``flops``, ``render`` (OpenCV, imported lazily),
+``figure`` (regenerates docs/kept_tokens.png), ``checks`` (argument errors).
 """
 
 from .base import Pruner

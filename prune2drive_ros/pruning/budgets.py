@@ -22,8 +22,8 @@ def apportion(total: int, weights: Sequence[float], low: Sequence[int], high: Se
     """Split ``total`` integer units across views in proportion to ``weights``, view v within [low_v, high_v].
 
     The total is met exactly. Continuous shares ``clip(t * w_v, low_v, high_v)`` grow with the water level
-    t, so t is found by bisection; floors plus the largest remainders then give integers. Non-positive or
-    non-finite weights count as "no preference" (equal weights).
+    t, so t is found by bisection; floors plus the largest remainders then give integers. Negative or
+    non-finite weights count as zero; when every weight is zero the split is even.
     """
     lo, hi = np.asarray(low, dtype=np.int64), np.asarray(high, dtype=np.int64)
     if not lo.sum() <= total <= hi.sum() or (lo > hi).any():

@@ -24,6 +24,16 @@ from .cosine import cosine_distances
 OrderKernel = Callable[[Tensor, int], Tensor]
 
 
+def isolation(dist: Tensor) -> Tensor:
+    """``min_{j != i} d(i, j)`` per token of ``dist [..., N, N]`` whose diagonal holds +inf.
+
+    Mutual nearest neighbours tie for "most isolated" in exact arithmetic. Reading both d(i, j) and
+    d(j, i) keeps that tie exact (and so resolved to the lower index) even if a matmul returned x x^T
+    with last-bit asymmetries.
+    """
+    return torch.minimum(dist.amin(dim=-1), dist.amin(dim=-2))
+
+
 def max_min_order(dist: Tensor, steps: int) -> Tensor:
     """First ``steps`` picks of the max-min greedy for each distance matrix in ``dist [B, N, N]`` -> ``[B, steps]``.
 
@@ -33,7 +43,7 @@ def max_min_order(dist: Tensor, steps: int) -> Tensor:
     batch, n, _ = dist.shape
     diagonal = dist.diagonal(dim1=-2, dim2=-1)
     diagonal.fill_(float("inf"))  # a token is not its own nearest neighbour
-    first = dist.amin(dim=-1).argmax(dim=-1)  # argmax returns the first maximum: ties go to the lowest index
+    first = isolation(dist).argmax(dim=-1)  # argmax returns the first maximum: ties go to the lowest index
     # With d(s, s) = -inf, taking row s into the running minimum also marks s as picked, so a picked
     # token can never win again, even when every remaining distance is 0 (duplicates).
     diagonal.fill_(float("-inf"))
@@ -76,24 +86,28 @@ def farthest_point_sampling(features: Tensor, budgets: Sequence[int]) -> list[Te
     return max_min_select(features, budgets)
 
 
+def published_loop(dist: Tensor, budget: int) -> list[int]:
+    """The published selection on one view's distance matrix ``[N, N]``: picks in order (overwrites the diagonal)."""
+    if budget == 0:
+        return []
+    dist.fill_diagonal_(float("inf"))
+    selected = [isolation(dist).argmax().item()]
+    while len(selected) < budget:
+        gap = dist[selected].min(dim=0).values  # the whole picked set, every step: O(k N) per pick
+        gap[selected] = float("-inf")
+        selected.append(gap.argmax().item())  # one host sync per pick
+    return selected
+
+
 def reference_tfps_loop(features: Tensor, budgets: Sequence[int]) -> list[Tensor]:
     """The plain published T-FPS loop: the correctness and speed baseline for ``farthest_point_sampling``.
 
     One view at a time, the minimum recomputed over the whole picked set at every step (O(k^2 N)) and
-    one host sync per pick (``.item()``). Same distances, same tie rule, so it returns the same indices.
+    one host sync per pick (``.item()``). It starts from the very same distance matrix (bit for bit) and
+    uses the same tie rule, so it must return the same indices; timings differ only in the selection.
     """
     views, tokens, _ = check_features(features)
     budgets = check_budgets(budgets, views, tokens)
-    kept = []
-    for v, budget in enumerate(budgets):
-        selected: list[int] = []
-        if budget > 0:
-            dist = cosine_distances(features[v])
-            dist.fill_diagonal_(float("inf"))
-            selected.append(dist.min(dim=1).values.argmax().item())
-            while len(selected) < budget:
-                gap = dist[selected].min(dim=0).values
-                gap[selected] = float("-inf")
-                selected.append(gap.argmax().item())
-        kept.append(torch.tensor(sorted(selected), dtype=torch.long, device=features.device))
-    return kept
+    dist = cosine_distances(features)
+    return [torch.tensor(sorted(published_loop(dist[v], b)), dtype=torch.long, device=features.device)
+            for v, b in enumerate(budgets)]

@@ -31,6 +31,7 @@ def _goodness(scores: Tensor) -> Tensor:
     return 1.0 - position.float() / scores.shape[-1]
 
 
+@torch.no_grad()
 def token_diversity(features: Tensor) -> Tensor:
     """Mean cosine distance of each token to the other tokens of its view: ``[V, N, D] -> [V, N]``."""
     x, norms, zero = fp32_norms(features)
