@@ -14,11 +14,19 @@ import threading
 import time
 from pathlib import Path
 
-from prune2drive_ros.cameras import ANSWER_TOPIC, CAMERA_NAMES, DIAGNOSTICS_TOPIC, KEPT_TOKENS_TOPIC
+from prune2drive_ros.cameras import (
+    ANSWER_TOPIC,
+    CAMERA_NAMES,
+    DIAGNOSTICS_TOPIC,
+    KEPT_TOKENS_TOPIC,
+    QUESTION_TOPIC,
+    default_topics,
+)
 
 STAGES = ("sync_wait_ms", "image_decode_ms", "preprocess_ms", "vision_ms", "prune_ms", "prefill_ms", "decode_ms",
           "total_ms")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prune2drive"
+GROUP_TIMEOUT_S = 120.0
 KNOWN_CHECKPOINTS = ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-onevision-qwen2-7b-ov-hf")
 
 
@@ -118,6 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--rate", type=float, default=1.0, help="replay speed")
     parser.add_argument("--keyframes", type=int, default=3, help="keyframes in the synthetic sample")
+    parser.add_argument("--questions", type=int, default=16, help="DriveLM questions to ask (0 = all in the bag)")
 
 
 def _prepare_bag(args: argparse.Namespace) -> Path:
@@ -178,10 +187,16 @@ def run(args: argparse.Namespace) -> int:
         if node._runner is None:
             print("the node failed to configure; see the log above")
             return 1
-        player = BagPlayer(bag, rate=args.rate, wait_for_subscribers=5.0)
-        print(f"replaying {bag} at {args.rate}x; answers follow", flush=True)
-        player.run(stop_event=stop, max_duration=args.seconds)
-        _drain(node, listener, timeout=120.0)
+        groups = _bag_questions(bag, args.questions)
+        player = BagPlayer(bag, rate=args.rate, loop=True, topics=default_topics("compressed"),
+                           wait_for_subscribers=5.0)
+        replay = threading.Thread(target=player.run, kwargs={"stop_event": stop}, daemon=True)
+        print(f"replaying the cameras of {bag} at {args.rate}x (looping); "
+              f"asking {sum(map(len, groups))} DriveLM questions from the bag", flush=True)
+        replay.start()
+        _ask(node, listener, listener_node, groups, deadline=time.monotonic() + (args.seconds or 600.0))
+        stop.set()
+        replay.join(timeout=10.0)
     except KeyboardInterrupt:
         stop.set()
     finally:
@@ -200,15 +215,54 @@ def run(args: argparse.Namespace) -> int:
     return 0 if listener.records else 1
 
 
-def _drain(node, listener: _Listener, timeout: float) -> None:
-    """Wait until queued questions are answered (or ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    last, quiet_since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        depth = node.health_counters().get("question_queue_depth", 0)
-        count = len(listener.records)
-        if count != last:
-            last, quiet_since = count, time.monotonic()
-        if depth == 0 and time.monotonic() - quiet_since > 8.0:  # an inference may still be running
+def _bag_questions(bag: Path, limit: int) -> list[list[str]]:
+    """The bag's DriveLM questions, grouped per keyframe (they are recorded milliseconds apart)."""
+    from rosbags.highlevel import AnyReader
+
+    from prune2drive_ros.data.nuscenes_to_bag import ros2_typestore
+
+    groups: list[list[str]] = []
+    last = None
+    with AnyReader([bag], default_typestore=ros2_typestore()) as reader:
+        connections = [c for c in reader.connections if c.topic == QUESTION_TOPIC]
+        for connection, stamp, raw in reader.messages(connections=connections):
+            if last is None or stamp - last > 250_000_000:
+                groups.append([])
+            groups[-1].append(reader.deserialize(raw, connection.msgtype).data)
+            last = stamp
+    if limit > 0:
+        kept, budget = [], limit
+        for group in groups:
+            if budget <= 0:
+                break
+            kept.append(group[:budget])
+            budget -= len(kept[-1])
+        groups = kept
+    return groups
+
+
+def _ask(node, listener: _Listener, client, groups: list[list[str]], deadline: float) -> None:
+    """Ask each keyframe's questions together (they share one visual prefix) and wait for the answers."""
+    from std_msgs.msg import String
+
+    publisher = client.create_publisher(String, QUESTION_TOPIC, 64)
+    while publisher.get_subscription_count() == 0 or node.health_counters().get("sets_total", 0) == 0:
+        if time.monotonic() > deadline:
+            print("no synchronized camera set arrived; is the replay running?")
             return
-        time.sleep(0.2)
+        time.sleep(0.1)
+    for group in groups:
+        expected = len(listener.records) + len(group)
+        for question in group:
+            publisher.publish(String(data=question))
+        group_deadline = min(deadline, time.monotonic() + GROUP_TIMEOUT_S)
+        while len(listener.records) < expected and time.monotonic() < group_deadline:
+            time.sleep(0.05)
+        if len(listener.records) < expected:
+            counters = node.health_counters()
+            dropped = {k: v for k, v in counters.items() if k.startswith("dropped.") and v}
+            print(f"{expected - len(listener.records)} question(s) unanswered; node counters: "
+                  f"queue={counters.get('question_queue_depth')} dropped={dropped}")
+        if time.monotonic() >= deadline:
+            print("time is up (--seconds)")
+            return

@@ -143,6 +143,9 @@ def check_parameter(name: str, value: Any) -> str | None:
     return None
 
 
+QUESTION_HISTORY_DEPTH = 64
+
+
 class DriveVqaNode(LifecycleNode):
     """The driving VQA node; see the module docstring for the lifecycle and data flow."""
 
@@ -338,7 +341,10 @@ class DriveVqaNode(LifecycleNode):
             self.create_subscription(msg_type, topic, functools.partial(self._on_image, index), qos)
             for index, topic in enumerate(topics)
         ]
-        self._io_subscriptions.append(self.create_subscription(String, QUESTION_TOPIC, self._on_question, 10))
+        # DriveLM replays publish a keyframe's questions 1 ms apart; a deep history keeps a burst intact
+        # (the worker's bounded queue still caps what waits for inference).
+        self._io_subscriptions.append(
+            self.create_subscription(String, QUESTION_TOPIC, self._on_question, QUESTION_HISTORY_DEPTH))
         self._health.start()
         self._sync.reset()
         self._io_timers = [self.create_timer(HEALTH_PERIOD_S, self._publish_health)]
