@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,17 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
         env={**os.environ, **(env or {})},
         cwd=REPO,
     )
+
+
+def wait_for(predicate, timeout: float, period: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(period)
+    return predicate()
 
 
 @pytest.fixture(scope="session")

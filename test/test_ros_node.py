@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -38,14 +39,6 @@ ANSWER_TIMEOUT = 45.0
 _names = itertools.count()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, period: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(period)
-    return predicate()
 
 
 @pytest.fixture(scope="module")

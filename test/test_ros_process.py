@@ -19,7 +19,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from conftest import REPO
+from conftest import REPO, wait_for
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.srv import GetState
 from rclpy.executors import SingleThreadedExecutor
@@ -35,14 +35,6 @@ START_TIMEOUT = 90.0
 SOAK_S = float(os.environ.get("P2D_SOAK_S", "0") or 0)
 
 
-def wait_for(predicate, timeout: float, period: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(period)
-    return predicate()
 
 
 def rss_mb(pid: int) -> float:
