@@ -503,6 +503,7 @@ class DriveVqaNode(LifecycleNode):
                 "batch_size": event.batch_size,
                 "prefix_reused": answer.prefix_reused,
                 "pruning_method": self._param("pruning_method"),
+                "vision_backend_reason": getattr(getattr(runner, "vision", None), "reason", ""),
             },
         )
         self._publish_diagnostics([self._status(OK, "answer", answer.text[:200], values)])
