@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         player = BagPlayer(bag, rate=args.rate, loop=True, topics=default_topics("compressed"),
                            wait_for_subscribers=5.0)
         replay = threading.Thread(target=player.run, kwargs={"stop_event": stop}, daemon=True)
-        print(f"replaying the cameras of {bag} at {args.rate}x (looping); "
+        print(f"replaying the cameras of {bag} at {args.rate}x (looping: each loop shows as a time jump); "
               f"asking {sum(map(len, groups))} DriveLM questions from the bag", flush=True)
         replay.start()
         _ask(node, listener, listener_node, groups, deadline=time.monotonic() + (args.seconds or 600.0))
