@@ -174,3 +174,23 @@ def test_bad_models_raise_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="unsupported architecture 'bert'"):
         VLMRunner.from_pretrained(tmp_path / "bert")
+
+
+def test_fastv_keeps_the_tokens_transformers_says_the_last_token_attends_most(tiny_model) -> None:
+    """An independent check of the attention probe: eager attention weights from transformers itself."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    runner = VLMRunner.from_pretrained(tiny_model, pruning="fastv", retain=0.1, prune_layer=1, max_new_tokens=1)
+    images = _images(10)
+    kept = runner.answer(images, QUESTIONS[0])[0].kept_indices
+    eager = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_model, attn_implementation="eager").eval()
+    suffix = runner.tokenizer(runner.prompt.suffix(QUESTIONS[0]), add_special_tokens=False).input_ids
+    ids = torch.cat([runner.prefix_ids, torch.tensor(suffix)])[None]
+    with torch.no_grad():
+        out = eager(input_ids=ids, pixel_values=preprocess(images, runner.image_spec, runner.device, runner.dtype),
+                    image_sizes=torch.tensor([[384, 384]] * 6), batch_num_images=torch.tensor([6]),
+                    output_attentions=True)
+    scores = out.attentions[0][0, :, -1].mean(0)  # layer K-1 = 0, last token, averaged over heads
+    for view, positions in enumerate(runner.layout.patch_positions):
+        expected = scores[positions].topk(73).indices.sort().values.tolist()
+        assert kept[view] == expected

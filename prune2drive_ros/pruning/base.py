@@ -22,12 +22,15 @@ class Pruner:
     pruned visual prefix for several questions. ``needs_attention``: ``select`` must be given the
     attention each visual token receives from the text (it raises ValueError without it).
     ``two_stage``: the pruner also re-selects deeper in the LLM (see ``MVPruner``).
+    ``attention_queries``: whose attention counts, ``"last"`` (the last prompt token, FastV) or
+    ``"instruction"`` (every question token, averaged).
     """
 
     name: ClassVar[str]
     question_dependent: ClassVar[bool] = False
     needs_attention: ClassVar[bool] = False
     two_stage: ClassVar[bool] = False
+    attention_queries: ClassVar[str] = "last"
 
     def select(self, features: Tensor, budgets: Sequence[int], *, attention: Tensor | None = None) -> list[Tensor]:
         views, tokens, _ = check_features(features)

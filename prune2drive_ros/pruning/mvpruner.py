@@ -59,6 +59,7 @@ class MVPruner(Pruner):
     question_dependent = True
     needs_attention = True
     two_stage = True
+    attention_queries = "instruction"
 
     def __init__(self, stage2_layer_offset: int = 2, stage1_factor: int = 2) -> None:
         if stage2_layer_offset < 1:

@@ -294,7 +294,9 @@ class VLMRunner:
         """Question-dependent pruning: the whole prompt is prefilled (and pruned) for this question."""
         ids = torch.tensor(suffix, device=self.device)
         embeds = torch.cat([prefix_embeds, self.llm.embed_tokens(ids[None])], dim=1)
-        query_positions = torch.arange(prefix_embeds.shape[1], embeds.shape[1], device=self.device)
+        query_positions = None  # FastV: the last prompt token
+        if self.pruner.attention_queries == "instruction":
+            query_positions = torch.arange(prefix_embeds.shape[1], embeds.shape[1], device=self.device)
         with timer.stage("prefill"):
             result = self.llm.prefill(embeds, self.layout, self.pruner, self.budgets, self.prune_layer,
                                       query_rows=query_positions)
