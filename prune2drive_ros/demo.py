@@ -27,27 +27,55 @@ STAGES = ("sync_wait_ms", "image_decode_ms", "preprocess_ms", "vision_ms", "prun
           "total_ms")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prune2drive"
 GROUP_TIMEOUT_S = 120.0
-KNOWN_CHECKPOINTS = ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-hf/llava-onevision-qwen2-7b-ov-hf")
+
+
+TINY_BANNER = """\
++--------------------------------------------------------------------------------------------+
+| No DriveMM / LLaVA-OneVision checkpoint was found, so the demo runs a tiny random-weight     |
+| model with DriveMM's token geometry. Its answers are MEANINGLESS; timings and pruning are    |
+| real. For real answers pass --model with:                                                   |
+|   - a LLaVA-OneVision hub id or folder, e.g. llava-hf/llava-onevision-qwen2-0.5b-ov-hf       |
+|     (download it once, e.g. with `hf download <id>`, or set PRUNE2DRIVE_MODEL), or           |
+|   - DriveMM: download DriveMM/DriveMM, then `prune2drive convert-model SRC DST`              |
+|     (or pass the original folder; it is converted in memory).                                |
++--------------------------------------------------------------------------------------------+"""
+
+
+def _cached_checkpoints() -> list[Path]:
+    """DriveMM / LLaVA-OneVision snapshots in the Hugging Face cache, DriveMM first."""
+    hub = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
+                              / "hub"))
+    found = []
+    for repo in sorted(hub.glob("models--*")):
+        name = repo.name.lower()
+        if "drivemm" not in name and "llava-onevision" not in name:
+            continue
+        for snapshot in sorted((repo / "snapshots").glob("*")):
+            if (snapshot / "config.json").is_file() and any(snapshot.glob("*.safetensors")):
+                found.append(snapshot)
+    return sorted(found, key=lambda p: "drivemm" not in str(p).lower())
 
 
 def choose_model(requested: str | None) -> tuple[str, str]:
-    """(model, why): --model, then $PRUNE2DRIVE_MODEL, then a cached LLaVA-OneVision, then the tiny model."""
+    """(model, why): --model, $PRUNE2DRIVE_MODEL, a checkpoint in ~/.cache/prune2drive/models or the
+    Hugging Face cache, and only then the tiny random model."""
     if requested:
         return requested, "--model"
     if os.environ.get("PRUNE2DRIVE_MODEL"):
         return os.environ["PRUNE2DRIVE_MODEL"], "$PRUNE2DRIVE_MODEL"
-    hub = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
-                              / "hub"))
-    for repo in KNOWN_CHECKPOINTS:
-        snapshots = hub / f"models--{repo.replace('/', '--')}" / "snapshots"
-        if snapshots.is_dir() and any(snapshots.iterdir()):
-            return repo, "found in the Hugging Face cache"
+    configured = sorted(p for p in (CACHE / "models").glob("*") if (p / "config.json").is_file())
+    if configured:
+        return str(configured[0]), f"found in {CACHE / 'models'}"
+    cached = _cached_checkpoints()
+    if cached:
+        return str(cached[0]), "found in the Hugging Face cache"
     tiny = CACHE / "tiny-model"
     if not (tiny / "config.json").is_file():
         from prune2drive_ros.vlm.tiny import make_tiny_model
 
         make_tiny_model(tiny)
-    return str(tiny), "no checkpoint found locally: tiny random-weight model (answers are gibberish)"
+    print(TINY_BANNER)
+    return str(tiny), "tiny random-weight model"
 
 
 def _percentile(values: list[float], q: float) -> float:
