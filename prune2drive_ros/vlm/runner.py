@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from prune2drive_ros.cameras import NUM_CAMERAS
-from prune2drive_ros.pruning import layer_flops
+from prune2drive_ros.pruning import get_pruner, layer_flops, view_budgets
+from prune2drive_ros.vlm.backends import make_vision_backend
 from prune2drive_ros.vlm.loading import load_checkpoint, resolve_device, resolve_dtype
 from prune2drive_ros.vlm.preprocess import DEFAULT_MAX_IMAGE_SIDE, ImageSpec, preprocess, validate_images
 from prune2drive_ros.vlm.prompt import IMAGE_PLACEHOLDER, split_prompt
@@ -97,9 +98,6 @@ class VLMRunner:
         max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
         model_dir=None,
     ):
-        from prune2drive_ros.pruning import get_pruner
-        from prune2drive_ros.vlm.backends import make_vision_backend
-
         self.model = model
         self.tokenizer = tokenizer
         self.image_spec = image_spec
@@ -175,8 +173,6 @@ class VLMRunner:
 
     def set_budgets(self, retain: float | None = None, view_ratios: Sequence[float] | None = None) -> None:
         """Change the per-view token budgets (takes effect on the next frame set)."""
-        from prune2drive_ros.pruning import view_budgets
-
         if view_ratios:
             budgets = view_budgets(self.tokens_per_view, view_ratios=list(view_ratios))
         else:
