@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from prune2drive_ros.cameras import (
-    ANSWER_TOPIC,
     CAMERA_NAMES,
     DIAGNOSTICS_TOPIC,
     KEPT_TOKENS_TOPIC,
@@ -84,18 +83,16 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class _Listener:
-    """Collects answers, per-answer diagnostics and the latest kept-token mosaic."""
+    """Collects answers (from the per-answer diagnostics, which carry the question too) and the latest mosaic."""
 
     def __init__(self, node, verbose: bool = True):
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
-        from std_msgs.msg import String
 
         self.records: list[dict[str, str]] = []
         self.mosaic = None
         self.verbose = verbose
         self._lock = threading.Lock()
-        node.create_subscription(String, ANSWER_TOPIC, lambda m: None, 10)
         node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 50)
         node.create_subscription(Image, KEPT_TOKENS_TOPIC, self._on_mosaic, 2)
 
