@@ -74,7 +74,10 @@ class FakeCameraRig(Node):
         self.sweep = 0
         self.published = 0
         self._base_ns = self.get_clock().now().nanoseconds
-        self._timer = self.create_timer(1.0 / self.rate_hz, self._tick, autostart=autostart)
+        # create_timer(..., autostart=) is newer than Humble: cancel instead.
+        self._timer = self.create_timer(1.0 / self.rate_hz, self._tick)
+        if not autostart:
+            self._timer.cancel()
 
     def _message(self, rgb: np.ndarray):
         if self.transport == "compressed":
