@@ -127,7 +127,7 @@ class Synchronizer:
         *,
         slop: float = 0.08,
         queue_size: int = 10,
-        jump_threshold: float = 0.5,
+        jump_threshold: float = 0.25,
         straggler_window: float = 1.0,
         late_reset_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
