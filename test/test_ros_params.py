@@ -299,3 +299,19 @@ def test_fake_cameras_without_timer_autostart(monkeypatch) -> None:
     finally:
         rig.destroy_node()
         rclpy.try_shutdown(context=ctx)
+
+
+def test_the_readme_parameter_table_follows_the_table() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Parameters"):readme.index("### Topics")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| `")]
+    assert [row[0].strip("`") for row in rows] == [spec.name for spec in PARAMETERS]
+    for row, spec in zip(rows, PARAMETERS, strict=True):
+        assert ("read-only" in row[1]) == (not spec.dynamic), spec.name
+        if spec.default is None:
+            assert row[2] == "unset", spec.name
+        elif not isinstance(spec.default, list):
+            text = str(spec.default).lower() if isinstance(spec.default, bool) else str(spec.default)
+            text = text if text else '""'
+            assert row[2] == f"`{text}`", spec.name
