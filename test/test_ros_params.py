@@ -38,18 +38,44 @@ def yaml_commented() -> set[str]:
     return set(re.findall(r"^\s*#\s*([a-z_]+):", PARAMS_FILE.read_text(), flags=re.M))
 
 
-def launch_arguments() -> dict[str, str]:
-    """name -> description of the launch file's arguments, read with launch itself where it is installed."""
-    launch = pytest.importorskip("launch")
+def launch_module():
+    """The launch file as a module (where launch and launch_ros are installed); the source tree stands
+    in for the package's share/ folder."""
+    pytest.importorskip("launch")
     pytest.importorskip("launch_ros")
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("drive_vqa_launch", LAUNCH_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.get_package_share_directory = lambda package: str(REPO)  # the source tree stands in for share/
-    description = module.generate_launch_description()
+    module.get_package_share_directory = lambda package: str(REPO)
+    return module
+
+
+def launch_arguments() -> dict[str, str]:
+    """name -> description of the launch file's arguments, read with launch itself."""
+    import launch
+
+    description = launch_module().generate_launch_description()
     return {a.name: a.description for a in description.entities if isinstance(a, launch.actions.DeclareLaunchArgument)}
+
+
+def launch_parameter_arguments(arguments: dict[str, str]) -> list[str]:
+    """The --ros-args parameter arguments that `ros2 launch ... name:=value ...` hands the node."""
+    import launch
+
+    module = launch_module()
+    context = launch.LaunchContext()
+    context.launch_configurations.update(arguments)
+    for entity in module.generate_launch_description().entities:
+        if isinstance(entity, launch.actions.DeclareLaunchArgument):
+            entity.execute(context)  # fills in the defaults of the arguments not given
+    (node_action,) = module._node(context)
+    node_action._perform_substitutions(context)
+    args = []
+    for value, is_file in node_action._Node__expanded_parameter_arguments:
+        args += ["--params-file" if is_file else "-p", value]
+    return args
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +341,35 @@ def test_the_readme_parameter_table_follows_the_table() -> None:
             text = str(spec.default).lower() if isinstance(spec.default, bool) else str(spec.default)
             text = text if text else '""'
             assert row[2] == f"`{text}`", spec.name
+
+
+def test_integers_for_doubles_through_the_launch_file_configure(tiny_model) -> None:
+    """`ros2 launch prune2drive_ros drive_vqa.launch.py retain:=1 sync_slop_s:=1 ...`: launch types "1" as an
+    integer; the node takes it for the double and configures."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    given = {"retain": "1", "sync_slop_s": "1", "camera_timeout_s": "2", "question_period_s": "0",
+             "view_ratios": "[1, 1, 1, 1, 1, 1]", "model": str(tiny_model), "vision_backend": "torch",
+             "device": "cpu", "dtype": "float32", "max_new_tokens": "2", "autostart": "false"}
+    node, ctx = node_with(launch_parameter_arguments(given), "drive_vqa")
+    try:
+        assert not node.startup_errors, node.startup_errors
+        assert node._param("retain") == 1.0 and node._param("sync_slop_s") == 1.0
+        assert node._param("camera_timeout_s") == 2.0 and node._param("question_period_s") == 0.0
+        assert node._param("view_ratios") == [1.0] * 6 and node._param("autostart") is False
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.release()
+        close(node, ctx)
+
+
+def test_bad_values_through_the_launch_file_leave_the_node_up() -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    node, ctx = node_with(launch_parameter_arguments({"retain": "2.0", "prune_layer": "-1", "max_new_tokens": "0",
+                                                      "pruning_method": "[oops", "autostart": "false"}), "drive_vqa")
+    try:
+        assert set(node.startup_errors) == {"retain", "prune_layer", "max_new_tokens", "pruning_method"}
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    finally:
+        close(node, ctx)
