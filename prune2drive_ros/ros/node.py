@@ -115,7 +115,7 @@ FRAME_LOG_PERIOD_S = 30.0
 """The same for frame drops (late frames, time jumps): a looping bag makes them routine."""
 WORKER_STOP_TIMEOUT_S = 60.0
 """deactivate waits this long for a running inference (the model must not be closed under it)."""
-SHUTDOWN_TIMEOUT_S = 3.0
+SHUTDOWN_TIMEOUT_S = 2.0
 """On SIGINT/SIGTERM, wait this long for a running inference, then exit without it."""
 
 # Drop reasons for frames (counted into frames_dropped) and for everything else.
@@ -799,14 +799,19 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``drive_vqa_node`` (console script and ``python -m``). Exit code 0 on SIGINT/SIGTERM."""
+def main(argv: list[str] | None = None, *, hard_exit: bool = True) -> int:
+    """Entry point of ``drive_vqa_node`` (console script and ``python -m``). Exit code 0 on SIGINT/SIGTERM.
+
+    After the node has released everything and rclpy is shut down, the process ends with ``os._exit``
+    (``hard_exit``): tearing down the interpreter with torch and transformers loaded can take seconds
+    on a busy machine, and an inference that cannot be interrupted may still be running.
+    """
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     node = DriveVqaNode()
-    signals = _Signals(node.get_logger())
+    logger = node.get_logger()
+    signals = _Signals(logger)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    stopped = True
     try:
         with signals.interruptible():
             if node.get_parameter("autostart").value:
@@ -817,19 +822,18 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         # Signals only set the flag from here on, so nothing below can be interrupted halfway.
-        stopped = node.release(SHUTDOWN_TIMEOUT_S, reason="shutdown")
-        if not stopped:
-            node.get_logger().warning("leaving a running inference behind")
+        started = time.monotonic()
+        if not node.release(SHUTDOWN_TIMEOUT_S, reason="shutdown"):
+            logger.warning("leaving a running inference behind")
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
+        logger.info(f"shut down in {time.monotonic() - started:.1f} s")
         rclpy.try_shutdown()
-    if not stopped:
-        # An inference cannot be interrupted; ending the process is the bounded way out (its thread
-        # holds nothing that needs a clean-up: the OS frees the memory, GPU memory included).
+        signals.restore()
+    if hard_exit:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    signals.restore()
     return 0
 
 
