@@ -5,10 +5,10 @@ its type (``rosmsg.to_rclpy``) and publishes it, paced by the bag's timestamps s
 Header stamps are left as recorded. Where ``ros2 bag play`` exists, prefer it; this covers the same
 everyday use (rate, loop, topic filter, /clock).
 
-QoS: RELIABLE, keep-last 10, volatile on every topic. Our node subscribes best-effort, and a best-effort
-subscription matches a reliable publisher (never the other way round), so reliable serves it as well as
-``ros2 topic echo``, rviz and other reliable subscribers. /clock uses rclpy's own clock profile (best effort,
-depth 1), which is what rclpy's TimeSource subscribes with.
+QoS: RELIABLE, keep-last 10 (100 for the question bursts), volatile on every topic. Our node subscribes
+best-effort, and a best-effort subscription matches a reliable publisher (never the other way round), so
+reliable serves it as well as ``ros2 topic echo``, rviz and other reliable subscribers. /clock uses rclpy's
+own clock profile (best effort, depth 1), which is what rclpy's TimeSource subscribes with.
 
 Looping: the cameras repeat, but the bag's questions (``/vlm/question``) are sent on the first pass only
 (``loop_questions`` / ``--loop-questions`` repeats them too): a recorded question asked again on every
@@ -32,6 +32,7 @@ from typing import Any
 CLOCK_TOPIC = "/clock"
 QUESTION_TOPIC = "/vlm/question"
 QOS_DEPTH = 10
+QUESTION_QOS_DEPTH = 100
 DRAIN_TIMEOUT_S = 2.0  # after the last message, wait this long at most for reliable deliveries to be acked
 
 
@@ -138,11 +139,16 @@ class BagPlayer:
 
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
+        # A keyframe's questions are recorded 1 ms apart: a keep-last-10 writer could overwrite some of such a
+        # burst before the reader has them.
+        burst_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=QUESTION_QOS_DEPTH,
+                               reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
         publishers: dict = {}
         by_topic: dict = {}
         for conn in connections:
             if conn.topic not in by_topic:
-                by_topic[conn.topic] = node.create_publisher(message_class(conn.msgtype), conn.topic, qos)
+                by_topic[conn.topic] = node.create_publisher(message_class(conn.msgtype), conn.topic,
+                                                             burst_qos if conn.topic == QUESTION_TOPIC else qos)
             publishers[conn.id] = by_topic[conn.topic]
         return publishers
 
