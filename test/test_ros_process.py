@@ -178,6 +178,7 @@ def test_node_process_autostarts_answers_and_exits_on_sigint(tiny_model, outside
     log = node.text()
     assert "configured: device=cpu vision_backend=torch" in log and "active:" in log
     assert "SIGINT: shutting down" in log
+    assert "Loading weights" not in log  # no progress bars in a node log
 
 
 @pytest.mark.parametrize("signals", [
