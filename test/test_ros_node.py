@@ -207,7 +207,9 @@ def test_bag_loop_time_jump_keeps_answering(stack: Stack) -> None:
     stack.rig.rewind(20.0)
     _, _, values = stack.health_where(lambda level, msg, v: int(v["dropped.time_jump"]) >= 1)
     second = stack.ask_and_wait("What is ahead now?")
-    assert float(second["frame_stamp"]) < float(first["frame_stamp"]) - 15.0
+    # The rig stamps with the wall clock, 20 s behind it since the rewind (further if its timer lags).
+    assert float(first["frame_stamp"]) > time.time() - 300
+    assert float(second["frame_stamp"]) < time.time() - 19.0
     _, _, values = stack.health_where(lambda level, msg, v: True)
     assert int(values["dropped.time_jump"]) == 1  # one reset per loop, not one per camera
 
@@ -420,7 +422,7 @@ def test_answer_info_names_the_question_and_dropped_ones_say_why(stack: Stack) -
     assert str(record["id"]) == status["question_id"]
     assert record["answer"] in stack.probe.answers
     assert abs(record["frame_stamp"] - float(status["frame_stamp"])) < 1e-6
-    assert record["frame_stamp_ns"] // 1000 == round(record["frame_stamp"] * 1e6)
+    assert abs(record["frame_stamp_ns"] / 1e9 - record["frame_stamp"]) < 1e-6
     assert {"sync_wait", "vision", "prefill", "decode", "total", "question_wait"} <= set(record["timings_ms"])
     assert record["kept_per_view"] == [73] * 6
     stack.probe.ask("   ")
