@@ -107,7 +107,8 @@ def official_f1(tp: int, fp: int, fn: int) -> float:
     "prediction, counts, matched",
     [
         (GT, (2, 0, 0), [(1000.0, 500.0), (200.0, 300.0)]),  # perfect: just under 1, not 1
-        ("<c1,CAM_BACK,1000.0,500.0> <c2,CAM_FRONT,200.0,300.0>", (2, 0, 0), [(1000.0, 500.0), (200.0, 300.0)]),  # cameras ignored
+        # cameras ignored
+        ("<c1,CAM_BACK,1000.0,500.0> <c2,CAM_FRONT,200.0,300.0>", (2, 0, 0), [(1000.0, 500.0), (200.0, 300.0)]),
         ("<c1,CAM_FRONT,1008.0,508.0> <c2,CAM_BACK,195.0,296.0>", (1, 1, 1), [(200.0, 300.0)]),  # L1 16 is outside
         ("<c1,CAM_FRONT,1000,500> and <c2,CAM_BACK,200,300>", (0, 0, 2), []),  # integers are not points
         ("at 1000.0 500.0 and 7.5", (1, 0, 1), [(1000.0, 500.0)]),  # any decimals, the odd last one dropped
@@ -166,7 +167,8 @@ def test_accuracy():
 
 
 def test_accuracy_exact_is_string_equality():
-    pairs = [("B", "B"), ("B.", "B"), (" B", "B"), ("b", "B"), ("A. Going ahead.", "A"), ("A. Going ahead.", "A. Going ahead.")]
+    pairs = [("B", "B"), ("B.", "B"), (" B", "B"), ("b", "B"), ("A. Going ahead.", "A")]
+    pairs.append(("A. Going ahead.", "A. Going ahead."))
     assert M.accuracy_exact(pairs) == 2 / 6
     assert M.accuracy_lenient(pairs[:5]) == 4 / 5  # the lenient reading accepts all but "b"
     assert M.accuracy_exact([]) is None

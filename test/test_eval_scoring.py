@@ -68,7 +68,7 @@ def _frames() -> tuple[list[Question], dict[str, str]]:
     """Two key frames worked through by hand below: (questions, predictions)."""
     q = [
         # Frame 1. The first answer finds c1 (5 px off) but not c2: the graph is {(1000.0, 500.0)}.
-        Question("s_f1_0", "What are the important objects?", "<c1,CAM_FRONT,1000.0,500.0> and <c2,CAM_BACK,200.0,300.0>.", tags=(3,)),
+        Question("s_f1_0", "Important objects?", "<c1,CAM_FRONT,1000.0,500.0>, <c2,CAM_BACK,200.0,300.0>", tags=(3,)),
         Question("s_f1_1", "Is <c1,CAM_FRONT,1000.0,500.0> moving? A. yes B. no", "A", tags=(0,)),
         Question("s_f1_2", "Is <c2,CAM_BACK,200.0,300.0> moving? A. yes B. no", "B", tags=(0,)),  # c2 unmatched: skipped
         Question("s_f1_3", "Turn left? A. yes B. no", "A", tags=(0,)),  # names no object: always scored

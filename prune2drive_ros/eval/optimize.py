@@ -232,7 +232,8 @@ def view_ratios_yaml(
     head = "".join(f"# {line}\n" for line in comment)
     kept = ""
     if budgets is not None and tokens_per_view:
-        kept = f"    # kept tokens per view: {list(budgets)} of {tokens_per_view} (round half up of {tokens_per_view} * ratio)\n"
+        n = tokens_per_view
+        kept = f"    # kept tokens per view: {list(budgets)} of {n} (round half up of {n} * ratio)\n"
     return (
         f"{head}/**:\n  ros__parameters:\n"
         f'    pruning_method: "{pruning}"\n'
@@ -397,7 +398,8 @@ def run(args: argparse.Namespace) -> int:
     summary = write_outputs(study, args.out, args.pruning, prune_layer, args.lam, banner)
     ratios = ", ".join(f"{r:.3f}" for r in summary["view_ratios"].values())
     print(
-        f"this worker ran {ran} trials ({args.workers} worker(s), {threads} torch threads each); study has {summary['completed_trials']} completed\n"
+        f"this worker ran {ran} trials ({args.workers} worker(s), {threads} torch threads each); "
+        f"study has {summary['completed_trials']} completed\n"
         f"best trial {summary['best_trial']}: objective {summary['best_value']:.4f}, view_ratios [{ratios}]\n"
         f"wrote {args.out / 'view_ratios.yaml'}, search.png, view_ratios.png, study.json"
     )
