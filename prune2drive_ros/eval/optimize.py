@@ -121,6 +121,8 @@ class BudgetSearch:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, trial: Any) -> float:
+        import torch
+
         from prune2drive_ros.eval.engine import answer_in_memory, run_stats
         from prune2drive_ros.eval.scoring import score
 
@@ -142,6 +144,7 @@ class BudgetSearch:
             "budgets": [int(b) for b in getattr(runner, "budgets", None) or []] or None,
             "tokens_per_view": getattr(runner, "tokens_per_view", None),
             "worker": self.worker,
+            "torch_threads": torch.get_num_threads(),
         }.items():
             trial.set_user_attr(key, value)
         return q - self.lam * sum(ratios)
