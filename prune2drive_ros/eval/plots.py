@@ -148,6 +148,8 @@ def plot_methods(
         color = method_color(method)
         xs, ys = [100 * p.flops_ratio for p in pts], [p.quality for p in pts]
         ax.plot(xs, ys, marker="o", color=color, label=method)
+        if method == "none" and len(pts) == 1:  # the dense score as a reference level across the plot
+            ax.axhline(pts[0].quality, color=color, lw=0.8, ls="--", alpha=0.6)
         for p, x in zip(pts, xs, strict=True):
             values.append(p.quality)
             if p.interval is not None:
@@ -161,7 +163,9 @@ def plot_methods(
     ax.set_xlim(left=0)
     ax.set_xlabel("FLOPs (% of dense prefill)")
     ax.set_ylabel(ylabel)
-    ax.set_title("quality against FLOPs" + (f"\n{note}" if note else ""), fontsize=9)
+    import textwrap
+
+    ax.set_title("\n".join(["quality against FLOPs", *textwrap.wrap(note, 90)]), fontsize=9)
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize=8)
