@@ -118,3 +118,13 @@ def test_keyframe_without_questions_is_skipped(dataset, tmp_path):
     frames[1] = replace(frames[1], questions=())
     doc, runner = _run(replace(dataset, keyframes=tuple(frames)), tmp_path)
     assert runner.calls == 2 and doc["counts"]["questions"] == 8
+
+
+def test_progress_bar_counts_keyframes_in_plain_units(dataset, capsys):
+    from prune2drive_ros.eval.engine import answer_keyframes
+
+    answer_keyframes(FakeRunner(), dataset.keyframes, lambda *_: None, progress=True)
+    bar = capsys.readouterr().err
+    assert "3/3" in bar and "questions=" in bar and "/s" in bar
+    assert "keyframe/s" in bar or "s/keyframe" in bar
+    assert "kf/s" not in bar  # tqdm's "1.10kf/s" read as kilo-frames per second

@@ -28,8 +28,12 @@ def test_tiny_random_model_is_flagged_and_a_trained_one_is_not(tmp_path, tiny_mo
     info = weights_info(tiny_model)  # what `prune2drive make-tiny-model` writes
     assert info["weights"] == "random" and "hidden size" in info["reason"]
     assert "scores are meaningless" in random_banner(info, str(tiny_model))
-    trained = _config(tmp_path / "testbed", prune2drive_testbed={"seed": 0, "trained": True})
+    record = {"seed": 0, "note": "synthetic test bed, not DriveLM", "tokens_per_view": "12x12"}
+    trained = _config(tmp_path / "testbed", prune2drive_testbed=record)
     assert weights_info(trained)["weights"] == "trained" and random_banner(weights_info(trained)) is None
+    assert weights_info(trained)["note"] == "synthetic test bed, not DriveLM; 12x12 visual tokens per view"
+    table = markdown_table([_row("tfps", "0.1", 0.29, 0.13, model_weights=weights_info(trained))])
+    assert table.startswith("> Model: synthetic test bed, not DriveLM; 12x12 visual tokens per view")
     record = _config(tmp_path / "record")
     (record / "training.json").write_text("{}")
     assert weights_info(record)["weights"] == "trained"

@@ -24,7 +24,7 @@ from typing import Any
 
 from prune2drive_ros.eval.files import write_json
 from prune2drive_ros.eval.plots import MethodPoint, plot_methods
-from prune2drive_ros.eval.weights import random_banner
+from prune2drive_ros.eval.weights import model_note, random_banner
 
 COLUMNS = (
     "Method",
@@ -145,6 +145,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     banner = banner_of(rows)
     if banner:
         lines += [f"> **{banner}**", ""]
+    notes_of_models = sorted({n for r in rows if (n := model_note(r.get("model_weights")))})
+    lines += [f"> Model: {n}" for n in notes_of_models] + ([""] if notes_of_models else [])
     lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     partial = False
     for r in rows:

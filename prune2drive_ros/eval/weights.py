@@ -45,8 +45,17 @@ def weights_info(model: str | Path | None) -> dict[str, str]:
     if config.get("prune2drive_random_weights") is True or config.get("trained") is False:
         return {"weights": "random", "reason": f"{config_path} says its weights are random"}
     for key in TRAINED_KEYS:
-        if config.get(key) not in (None, False):
-            return {"weights": "trained", "reason": f"{config_path} has a training record ({key})"}
+        record = config.get(key)
+        if record not in (None, False):
+            info = {"weights": "trained", "reason": f"{config_path} has a training record ({key})"}
+            if isinstance(record, dict):
+                # A test bed says what it is (not DriveLM) and how many tokens a view has; reports repeat it.
+                parts = [str(record[k]) for k in ("note",) if record.get(k)]
+                if record.get("tokens_per_view"):
+                    parts.append(f"{record['tokens_per_view']} visual tokens per view")
+                if parts:
+                    info["note"] = "; ".join(parts)
+            return info
     if (folder / "training.json").is_file():
         return {"weights": "trained", "reason": f"{folder / 'training.json'} records its training"}
     hidden = _hidden_size(config)
@@ -56,6 +65,11 @@ def weights_info(model: str | Path | None) -> dict[str, str]:
             "reason": f"a tiny checkpoint (hidden size {hidden}) without a training record in its config.json",
         }
     return {"weights": "trained", "reason": "a full-size checkpoint"}
+
+
+def model_note(info: dict[str, str] | None) -> str | None:
+    """What a trained test-bed model says about itself (e.g. synthetic, tokens per view), for reports."""
+    return (info or {}).get("note")
 
 
 def random_banner(info: dict[str, str] | None, model: str | None = None) -> str | None:
