@@ -106,9 +106,10 @@ def confidence_intervals(
     n = stats.questions
     collected: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for start in range(0, resamples, _CHUNK):
-        draws = rng.integers(0, n, size=(min(_CHUNK, resamples - start), n))
-        w = np.zeros((draws.shape[0], n))
-        np.add.at(w, (np.arange(draws.shape[0])[:, None], draws), 1.0)
+        rows = min(_CHUNK, resamples - start)
+        draws = rng.integers(0, n, size=(rows, n))
+        # How often each question was drawn, per resample: one bincount over row-offset indices.
+        w = np.bincount((draws + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n).astype(float)
         for key, values in _resampled(w, stats, rules, final_uses).items():
             if key in collected and values is not None:
                 collected[key].append(values)
