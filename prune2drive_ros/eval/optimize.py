@@ -388,12 +388,12 @@ def run(args: argparse.Namespace) -> int:
     if banner:
         print(f"!! {banner}", file=sys.stderr)
     if args.workers > 1:
-        open_study(storage, args.study_name, args.seed)  # create it once, before the workers race to
+        before = _counted(open_study(storage, args.study_name, args.seed))  # created once, before the workers race
         code = _spawn_workers(args, dataset, storage, threads)
         if code != 0:
             print(f"prune2drive optimize: a worker failed (exit code {code})", file=sys.stderr)
             return 1
-        ran = 0
+        ran = _counted(open_study(storage, args.study_name, args.seed)) - before
     else:
         ran = _worker(args, dataset, storage, threads)
     study = open_study(storage, args.study_name, args.seed)
@@ -401,7 +401,8 @@ def run(args: argparse.Namespace) -> int:
     summary = write_outputs(study, args.out, args.pruning, prune_layer, args.lam, banner)
     ratios = ", ".join(f"{r:.3f}" for r in summary["view_ratios"].values())
     print(
-        f"this worker ran {ran} trials ({args.workers} worker(s), {threads} torch threads each); "
+        f"{'this worker' if args.workers == 1 else f'these {args.workers} workers'} ran {ran} trials "
+        f"({args.workers} worker(s), {threads} torch threads each); "
         f"study has {summary['completed_trials']} completed\n"
         f"best trial {summary['best_trial']}: objective {summary['best_value']:.4f}, view_ratios [{ratios}]\n"
         f"wrote {args.out / 'view_ratios.yaml'}, search.png, view_ratios.png, study.json"
