@@ -102,7 +102,7 @@ def test_compare_report(dataset, tmp_path):
     text = table.read_text()
     assert "| Method | Retain | K | Tokens/view | FLOPs | Prefill/keyframe speed-up | Acc | GPT | Match | Match F1 |" in text
     assert "| tfps | 0.1 | 1 | 72 | 13.0% | 1.00x |" in text and "| none | 1.0 | – |" in text
-    assert "partial final score (no GPT judge): without 0.1*MatchGPT/100 + 0.4*GPT/100; 12 of 12 questions scored" in text
+    assert "partial final score (no GPT judge): without 0.4*GPT/100 + 0.1*MatchGPT/100; 12 of 12 questions scored" in text
     assert "RANDOM" not in text  # a stand-in runner, not a random checkpoint
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads((tmp_path / "report" / "comparison.json").read_text())

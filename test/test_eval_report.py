@@ -65,7 +65,7 @@ def test_table_says_partial_counts_and_random_weights():
     text = markdown_table(rows)
     assert "RANDOM" not in text
     assert "| 90/100 |" in text and "[29.0, 31.0]" in text
-    assert "without 0.1*MatchGPT/100 + 0.4*GPT/100; 90 of 100 questions scored" in text
+    assert "without 0.4*GPT/100 + 0.1*MatchGPT/100; 90 of 100 questions scored" in text
     assert "Prefill/keyframe speed-up" in text
     random = {"weights": "random", "reason": "a tiny checkpoint"}
     text = markdown_table([_row("tfps", "0.1", 0.29, 0.13, model_weights=random)])

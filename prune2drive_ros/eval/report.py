@@ -132,7 +132,7 @@ def partial_note(rows: Sequence[dict[str, Any]]) -> str:
     partial = [r for r in rows if r["final_score_partial"] and r["final_score"] is not None]
     if not partial:
         return ""
-    missing = sorted({m for r in partial for m in r["final_score_missing"]})
+    missing = list(dict.fromkeys(m for r in partial for m in r["final_score_missing"]))  # in the formula's order
     scored = sorted({(r["scored"], r["questions"]) for r in partial if r["scored"] is not None})
     counted = ", ".join(f"{s} of {q}" for s, q in scored) or "?"
     failed = sum(r["gpt_failed"] or 0 for r in partial)
