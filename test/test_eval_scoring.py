@@ -149,7 +149,7 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_estimate(dataset):
     means = [np.mean([hits[i] for i in d if i in hits]) for d in draws if any(i in hits for i in d)]
     c = score(dataset.questions(), answers, resamples=100, seed=3)
     assert c["ci95"]["accuracy"] == pytest.approx(list(np.percentile(means, [2.5, 97.5])))
-    assert score(dataset.questions(), answers, resamples=0)["ci95"]["final_score"] is None
+    assert score(dataset.questions(), answers)["ci95"]["final_score"] is None  # opt-in for library callers
 
 
 def test_missing_and_wrong_answers(dataset):
@@ -212,7 +212,7 @@ def test_judge_against_local_stub(dataset):
     thread.start()
     try:
         judge = Judge(f"http://127.0.0.1:{server.server_port}/v1", timeout_s=5.0, retries=0)
-        m = score(dataset.questions(), answers_by_id(perfect(dataset)), judge)
+        m = score(dataset.questions(), answers_by_id(perfect(dataset)), judge, resamples=200)
     finally:
         server.shutdown()
         server.server_close()

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from prune2drive_ros.cameras import NUM_CAMERAS
+from prune2drive_ros.eval.bootstrap import DEFAULT_RESAMPLES
 
 PRUNING_METHODS = ("none", "tfps", "divprune", "fastv", "pool", "random", "mvpruner")
 DEFAULT_PRUNE_LAYER = 1
@@ -71,7 +72,7 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--bootstrap",
         type=int,
-        default=1000,
+        default=DEFAULT_RESAMPLES,
         metavar="N",
         help="bootstrap resamples over questions for the 95%% intervals (seeded; 0 = none; default 1000)",
     )

@@ -26,7 +26,7 @@ from typing import Any
 
 from prune2drive_ros.data.drivelm import Question
 from prune2drive_ros.eval import metrics as M
-from prune2drive_ros.eval.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, PerQuestion, confidence_intervals
+from prune2drive_ros.eval.bootstrap import DEFAULT_SEED, PerQuestion, confidence_intervals
 from prune2drive_ros.eval.judge import Judge
 
 TAG_KINDS = {0: "accuracy", 1: "gpt", 2: "language", 3: "match"}
@@ -98,12 +98,13 @@ def score(
     judge: Judge | None = None,
     *,
     rules: str = "official",
-    resamples: int = DEFAULT_RESAMPLES,
+    resamples: int = 0,
     seed: int = DEFAULT_SEED,
 ) -> dict[str, Any]:
     """The quality part of metrics.json: QUALITY_KEYS, the final-score labels, ``ci95``, counts, warnings.
 
-    ``resamples`` bootstrap resamples of the scored questions give ``ci95`` (0 skips it). A judge
+    ``resamples`` bootstrap resamples of the scored questions give ``ci95``: opt in (``eval`` asks for
+    ``--bootstrap``, 1000 by default); callers that resample questions themselves leave it at 0. A judge
     that fails on any question is reported in ``warnings`` and leaves the GPT terms out of the
     final score, which is then partial: a final score is never averaged over the survivors.
     """
