@@ -118,7 +118,7 @@ def score(
     f1 = M.match_f1_official if rules == "official" else M.match_f1_lenient
 
     stats = PerQuestion()
-    acc, lang, rated = [], [], []
+    lang, rated = [], []
     gpt_idx, match_gpt_idx = [], []
     missing = 0
     for q in chosen:
@@ -132,7 +132,6 @@ def score(
             missing += 1
             pred = ""
         if "accuracy" in kinds:
-            acc.append((pred, q.answer, q.question))
             hit = pred == q.answer if rules == "official" else M.accuracy_lenient([(pred, q.answer)], [q.question])
             stats.accuracy[0].append(i)
             stats.accuracy[1].append(float(hit))
