@@ -388,6 +388,7 @@ def compare_cli(args: argparse.Namespace, judge: Any = None) -> int:
             from prune2drive_ros.eval.report import write_report
 
             table, plot = write_report([sub.out for _, sub in runs], args.out)
+            print(table.read_text(encoding="utf-8"))
             print(f"wrote {table} and {plot}")
     finally:
         ranks.close()
