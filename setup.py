@@ -24,6 +24,8 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        # ros2 run / launch_ros find executables only here; the launcher execs <prefix>/bin/drive_vqa_node.
+        (f"lib/{PACKAGE}", ["resource/drive_vqa_node"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
