@@ -54,6 +54,8 @@ setup(
             "onnx>=1.16",
             "onnxruntime>=1.18",
         ],
+        # convert-nuscenes, play and the demo: rosbag2 files and nuScenes tables without a ROS install.
+        "nuscenes": ["rosbags>=0.10", "nuscenes-devkit>=1.1.11"],
         "eval": ["pycocoevalcap>=1.2", "optuna>=3.6", "matplotlib>=3.7", "rosbags>=0.10", "nuscenes-devkit>=1.1.11"],
         "tensorrt": ["tensorrt>=10", "onnx>=1.16", "onnxruntime>=1.18"],
     },

@@ -104,9 +104,10 @@ def installed_package(tmp_path_factory) -> InstalledPackage:
         elif path.exists():
             shutil.copy2(path, src / name)
     prefix = tmp_path_factory.mktemp("p2d-prefix")
+    # --ignore-installed: without it pip uninstalls the venv's own copy of the package (editable or not).
     out = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
-         "--no-compile", "--prefix", str(prefix), str(src)],
+         "--no-compile", "--ignore-installed", "--prefix", str(prefix), str(src)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
     assert out.returncode == 0, out.stdout + out.stderr
