@@ -223,12 +223,20 @@ class TestLaunch:
         assert code == 0, text
 
 
-def test_ros2_run_starts_the_node(shell, tiny_model) -> None:
-    """``ros2 run prune2drive_ros drive_vqa_node --ros-args -p model:=...``, then Ctrl-C."""
-    job = shell.start("run", shell.ros2_exe, "run", "prune2drive_ros", "drive_vqa_node", *_node_ros_args(tiny_model))
+def test_ros2_run_then_lifecycle_set_configure_and_activate(shell, tiny_model) -> None:
+    """``ros2 run prune2drive_ros drive_vqa_node --ros-args -p model:=... -p autostart:=false``, walked to
+    active with ``ros2 lifecycle set``, then Ctrl-C."""
+    job = shell.start("run", shell.ros2_exe, "run", "prune2drive_ros", "drive_vqa_node",
+                      *_node_ros_args(tiny_model), "-p", "autostart:=false")
     try:
-        state = shell.poll_ros2("active [3]", "lifecycle", "get", NODE, timeout=START_TIMEOUT)
-        assert "active [3]" in state, f"{state}\n--- ros2 run output:\n{job.text()}"
+        state = shell.poll_ros2("unconfigured [1]", "lifecycle", "get", NODE, timeout=START_TIMEOUT)
+        assert "unconfigured [1]" in state, f"{state}\n--- ros2 run output:\n{job.text()}"
+        out = shell.ros2("lifecycle", "set", NODE, "configure", timeout=START_TIMEOUT)  # loads the model
+        assert "Transitioning successful" in out.stdout, f"{out.stdout}\n--- ros2 run output:\n{job.text()}"
+        assert shell.ros2("lifecycle", "get", NODE).stdout.strip() == "inactive [2]"
+        out = shell.ros2("lifecycle", "set", NODE, "activate")
+        assert "Transitioning successful" in out.stdout, out.stdout
+        assert shell.ros2("lifecycle", "get", NODE).stdout.strip() == "active [3]"
         assert "Double value is: 0.1" in shell.ros2("param", "get", NODE, "retain").stdout  # the node's default
         code = job.ctrl_c(30)
         assert code is not None, f"ros2 run did not end within 30 s of Ctrl-C:\n{job.text()}"
