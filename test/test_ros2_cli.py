@@ -4,7 +4,9 @@ The package is installed non-editable (the ``installed_package`` fixture), so ``
 ``ros2 run`` find it through the ament index and ``lib/prune2drive_ros`` as on a robot. Graph queries
 are eventually consistent, so every check polls; topics are echoed with their type; each launch runs
 in its own session and is stopped with SIGINT to its process group, as Ctrl-C does; the ``ros2``
-daemon of the test domain is stopped afterwards.
+daemon of the test domain is stopped afterwards. The node gets ``vision_backend:=torch device:=cpu
+max_new_tokens:=4`` on top of the README's lines: the plain lines work too, but first export an ONNX
+vision encoder into the user's cache.
 
 Without a ``ros2`` command these tests skip (install it with ``../shared/ros2-cli/install.sh .venv``
 or source a ROS 2 install); with ``P2D_REQUIRE_ROS2_CLI=1`` (CI) they fail instead.
