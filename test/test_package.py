@@ -217,6 +217,13 @@ def test_readme_shows_only_ros2_commands_the_cli_tests_run() -> None:
             assert not args or (len(args) >= 2 and "/msg/" in args[1]), f"give the message type: {' '.join(words)}"
 
 
+def test_readme_never_pairs_an_editable_install_with_ros2_launch() -> None:
+    # An editable install has no ament index entry, share/ or lib/: ros2 launch / run cannot find it.
+    for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        if re.search(r"^ros2 (launch|run) ", block, re.M):
+            assert not re.search(r"pip install (.* )?-e ", block), block
+
+
 def test_dockerfiles_lint_clean(repo: Path) -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     if not hadolint.exists():
