@@ -29,6 +29,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: 32 on GPU, 8 on CPU)")
     parser.add_argument("--hidden", type=int, default=None, help="hidden size (default: 4096 on GPU, 512 on CPU)")
     parser.add_argument("--ffn", type=int, default=None, help="FFN size (default: 14336 on GPU, 1792 on CPU)")
+    parser.add_argument("--vision", choices=["so400m", "tiny"], default=None,
+                        help="vision tower: DriveMM's 26-layer SigLIP-so400m or a 2-layer toy (default: so400m on GPU)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--pruning", default="tfps")
@@ -37,7 +39,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler GPU-busy column")
 
 
-def drivemm_shaped_runner(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, device, dtype, **settings):
+def drivemm_shaped_runner(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, device, dtype,
+                          vision: str = "tiny", **settings):
     """A random DriveMM-shaped LLaVA-OneVision (tiny vision tower, Llama text model) wrapped in a runner."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
@@ -55,6 +58,11 @@ def drivemm_shaped_runner(hidden: int, ffn: int, layers: int, heads: int, kv_hea
     text.num_attention_heads, text.num_key_value_heads, text.head_dim = heads, kv_heads, hidden // heads
     text.initializer_range = 0.02
     text._attn_implementation = "sdpa"
+    if vision == "so400m":  # DriveMM's tower: SigLIP-so400m at 384 px, its last layer removed (26 run)
+        v = config.vision_config
+        v.hidden_size, v.intermediate_size, v.num_attention_heads = 1152, 4304, 16
+        v.num_hidden_layers, v.initializer_range = 26, 0.02
+        v._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device(device):
         model = LlavaOnevisionForConditionalGeneration(config).to(dtype).eval()
@@ -75,7 +83,7 @@ def build_runner(args: argparse.Namespace, **settings):
     heads = max(1, hidden // 128)
     return drivemm_shaped_runner(hidden=hidden, ffn=args.ffn or size["ffn"], layers=args.layers or size["layers"],
                                  heads=heads, kv_heads=max(1, min(DRIVEMM["kv_heads"], heads)), device=args.device,
-                                 dtype=args.dtype, **settings)
+                                 dtype=args.dtype, vision=args.vision or ("so400m" if gpu else "tiny"), **settings)
 
 
 def images(seed: int = 0) -> list[np.ndarray]:
@@ -111,10 +119,11 @@ def gpu_busy(fn: Callable[[], object], device: torch.device) -> float | None:
         fn()
         sync(device)
         wall_us = (time.perf_counter() - t0) * 1e6
-    busy_us = 0.0
-    for event in prof.events():
-        if getattr(event, "device_type", None) == torch.autograd.DeviceType.CUDA:
-            busy_us += getattr(event, "device_time", None) or getattr(event, "cuda_time", 0.0)
+    try:  # kernels (and copies) are the events that ran on the device
+        busy_us = sum(e.time_range.elapsed_us() for e in prof.events()
+                      if e.device_type == torch.autograd.DeviceType.CUDA)
+    except (AttributeError, RuntimeError):
+        return None
     return min(1.0, busy_us / wall_us) if wall_us else None
 
 
@@ -131,7 +140,7 @@ class Generate:
 
         r = self.runner
         suffix = r.tokenizer(r.prompt.suffix(self.question), add_special_tokens=False).input_ids
-        ids = torch.cat([r.prefix_ids, torch.tensor(suffix, device=r.device)])[None].expand(batch, -1)
+        ids = torch.cat([r.prefix_ids, torch.tensor(suffix, device=r.device)])[None].repeat(batch, 1)
         pixels = preprocess(self.frames, r.image_spec, r.device, r.dtype).repeat(batch, 1, 1, 1)
         size = r.image_spec.size
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels,
