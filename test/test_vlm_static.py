@@ -105,3 +105,48 @@ def test_cuda_graphs_equal_eager_and_transformers_generate(tiny_model, pruning) 
     images = _images(7)
     assert [a.token_ids for a in graphed.answer(images, QUESTIONS[:1])] == [
         a.token_ids for a in eager.answer(images, QUESTIONS[:1])]
+
+
+class _ReplayOnCPU:
+    """Stands in for ``CapturedCall`` off CUDA with a graph's contract: fixed input buffers that calls are
+    copied into, and fixed output tensors that every replay overwrites. So the CPU suite checks that the
+    captured functions (prefill selection and tail, the token step) read and write only static state."""
+
+    def __init__(self, fn, example_inputs=(), pool=None):
+        self.fn, self.inputs = fn, [x.clone() for x in example_inputs]
+        for _ in range(2):  # the warm-up runs a real capture makes
+            fn(*self.inputs)
+        self.outputs = fn(*self.inputs)
+        self.capture_ms = 0.0
+
+    def __call__(self, *inputs):
+        for buffer, value in zip(self.inputs, inputs, strict=True):
+            buffer.copy_(value)
+        fresh = self.fn(*self.inputs)
+        targets = self.outputs if isinstance(self.outputs, (list, tuple)) else [self.outputs]
+        values = fresh if isinstance(fresh, (list, tuple)) else [fresh]
+        for target, value in zip(targets, values, strict=True):
+            for t, v in zip(target if isinstance(target, list) else [target],
+                            value if isinstance(value, list) else [value], strict=True):
+                t.copy_(v)
+        return self.outputs
+
+
+@pytest.mark.parametrize("pruning", ["none", "tfps", "pool"])
+def test_graph_replay_contract_holds_for_prefill_and_token_step(tiny_model, monkeypatch, pruning) -> None:
+    from prune2drive_ros.vlm import graphs
+
+    monkeypatch.setattr(graphs, "CapturedCall", _ReplayOnCPU)
+    settings = dict(pruning=pruning, retain=0.25, max_new_tokens=6)
+    eager = VLMRunner.from_pretrained(tiny_model, **settings)
+    replayed = VLMRunner.from_pretrained(tiny_model, **settings)
+    replayed.graphs = graphs.GraphSet.__new__(graphs.GraphSet)
+    vars(replayed.graphs).update(enabled=True, strict=True, pool=None, capture_ms=0.0, failure="")
+    replayed.set_budgets(retain=0.25)  # re-plans with graphs on and warms up every bucket
+    assert replayed.warmup_ms > 0
+    for seed in (11, 12):  # a second frame replays the same captures with new inputs
+        images = _images(seed)
+        got = replayed.answer(images, QUESTIONS)
+        assert {a.path for a in got} == {"cuda-graph"}
+        assert [a.token_ids for a in got] == [a.token_ids for a in eager.answer(images, QUESTIONS)]
+        assert [a.kept_indices for a in got] == [a.kept_indices for a in eager.answer(images, QUESTIONS)]

@@ -25,6 +25,7 @@ from prune2drive_ros.vlm.pruned_llm import Prefix, PrunedLanguageModel
 BATCH_BUCKETS = (1, 2, 4, 8)
 QUESTION_BLOCK = 64  # question capacity grows in these steps, so most questions share one graph
 STOP_CHECK_EVERY = 4  # tokens between host reads of "has every sequence stopped"
+MIN_GENERATED_SLOTS = 4  # a capture runs the step three times (two warm-ups, one capture): room for them
 
 
 def bucket(batch: int) -> int:
@@ -59,7 +60,7 @@ class DecodeBatch:
         self.llm = llm
         self.prefix_lengths = [int(n) for n in prefix_lengths]
         self.question_capacity = int(question_capacity)
-        self.max_new_tokens = int(max_new_tokens)
+        self.max_new_tokens = max(int(max_new_tokens), MIN_GENERATED_SLOTS)
         self.rows = int(rows)
         self.device, self.dtype = device, dtype
         tail = self.question_capacity + self.max_new_tokens
@@ -151,6 +152,7 @@ class DecodeBatch:
         if rows in self._graphs or not graphs.enabled:
             return
         saved = (self.slot.clone(), self.positions.clone(), {n: m.clone() for n, m in self.decode_masks.items()})
+        self.slot.fill_(self.question_capacity)  # the runs below write the first generated slots, no further
         self.cache.tail_index = self.slot
         self._graphs[rows] = graphs.capture(lambda: self._step(rows))
         # Warm-up and capture ran the step three times: put the state back.

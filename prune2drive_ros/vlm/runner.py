@@ -311,8 +311,9 @@ class VLMRunner:
         capacity = 0 if question_dependent else question_capacity(longest)
         # On a GPU the static batch is sized for the largest bucket once, so every bucket shares it.
         rows = max(rows, BATCH_BUCKETS[-1]) if self.graphs.enabled and not question_dependent else rows
-        batch = DecodeBatch(self.llm, lengths, capacity, max(self.max_new_tokens, 1), rows, dtype=self.dtype,
-                            device=self.device)
+        # Sized for the configured answer length even while warm-up asks for fewer tokens.
+        new_tokens = max(self.max_new_tokens, self.config.max_new_tokens)
+        batch = DecodeBatch(self.llm, lengths, capacity, new_tokens, rows, dtype=self.dtype, device=self.device)
         if not question_dependent:
             self._decode = batch
         return batch
