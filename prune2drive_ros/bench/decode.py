@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
+import torch
+
 from prune2drive_ros.bench.runtime import (
     QUESTION,
     Generate,
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     runner = build_runner(args, pruning="none", retain=1.0, max_new_tokens=args.new_tokens)
     cfg = runner.model.config.text_config
     print(f"model: {args.model or 'random DriveMM-shaped'}  hidden={cfg.hidden_size} layers={cfg.num_hidden_layers}  "
-          f"device={runner.device} dtype={runner.dtype}  {args.new_tokens} new tokens")
+          f"device={runner.device} dtype={runner.dtype} threads={torch.get_num_threads()}  {args.new_tokens} new tokens")
     frames = images(0)
     busy = (lambda fn: None) if args.no_profile else (lambda fn: gpu_busy(fn, runner.device))
     lines = [f"{'':<24}{'b=1 ms/tok':>11}{f'b={args.batch} ms/step':>13}{'GPU busy':>9}  path"]

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     runner = build_runner(args, pruning="none", retain=1.0, max_new_tokens=1)
     cfg = runner.model.config.text_config
     print(f"model: {args.model or 'random DriveMM-shaped'}  hidden={cfg.hidden_size} ffn={cfg.intermediate_size} "
-          f"layers={cfg.num_hidden_layers}  device={runner.device} dtype={runner.dtype}  "
+          f"layers={cfg.num_hidden_layers}  device={runner.device} dtype={runner.dtype} threads={torch.get_num_threads()}  "
           f"prompt={runner.layout.length} prefix tokens")
     frames = images(0)
     question_tokens = len(runner.tokenizer(runner.prompt.suffix(QUESTION), add_special_tokens=False).input_ids)

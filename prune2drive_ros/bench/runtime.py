@@ -37,6 +37,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-generate", action="store_true", help="skip the transformers generate baseline")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler GPU-busy column")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU intra-op threads (default: torch's); 1 avoids thread-pool overhead on a busy machine")
 
 
 def drivemm_shaped_runner(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, device, dtype,
@@ -75,6 +77,8 @@ def drivemm_shaped_runner(hidden: int, ffn: int, layers: int, heads: int, kv_hea
 def build_runner(args: argparse.Namespace, **settings):
     from prune2drive_ros.vlm import VLMRunner
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available() and (args.device is None or str(args.device).startswith("cuda"))
     if args.model:
         return VLMRunner.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)

@@ -23,7 +23,9 @@ from prune2drive_ros.vlm.kv_cache import StaticKVCache
 from prune2drive_ros.vlm.pruned_llm import Prefix, PrunedLanguageModel
 
 BATCH_BUCKETS = (1, 2, 4, 8)
-QUESTION_BLOCK = 64  # question capacity grows in these steps, so most questions share one graph
+# Question capacity grows in these steps: with CUDA graphs one 64-token block lets most questions share
+# one graph; eagerly, padding is only wasted work, so the block is small.
+QUESTION_BLOCK = {True: 64, False: 8}
 STOP_CHECK_EVERY = 4  # tokens between host reads of "has every sequence stopped"
 MIN_GENERATED_SLOTS = 4  # a capture runs the step three times (two warm-ups, one capture): room for them
 
@@ -32,8 +34,9 @@ def bucket(batch: int) -> int:
     return next((b for b in BATCH_BUCKETS if b >= batch), batch)
 
 
-def question_capacity(longest: int) -> int:
-    return max(QUESTION_BLOCK, -(-longest // QUESTION_BLOCK) * QUESTION_BLOCK)
+def question_capacity(longest: int, graphs: bool) -> int:
+    block = QUESTION_BLOCK[graphs]
+    return max(block, -(-longest // block) * block)
 
 
 class Sampler:

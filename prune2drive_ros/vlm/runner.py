@@ -308,7 +308,7 @@ class VLMRunner:
         current = self._decode
         if current is not None and current.fits(lengths, longest, rows, self.max_new_tokens):
             return current
-        capacity = 0 if question_dependent else question_capacity(longest)
+        capacity = 0 if question_dependent else question_capacity(longest, self.graphs.enabled)
         # On a GPU the static batch is sized for the largest bucket once, so every bucket shares it.
         rows = max(rows, BATCH_BUCKETS[-1]) if self.graphs.enabled and not question_dependent else rows
         # Sized for the configured answer length even while warm-up asks for fewer tokens.
