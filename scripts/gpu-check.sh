@@ -5,6 +5,7 @@
 # summary. Each section has its own time limit, so one failure still leaves the others' results.
 #   scripts/gpu-check.sh            # logs and summary.txt go to $OUT (default: ./gpu-check-out)
 # pytest is installed from ./wheels when the image lacks it (pip download pytest -d wheels).
+# BENCH_ARGS is appended to the runtime benchmarks, e.g. BENCH_ARGS="--hidden 64 --layers 2" for a dry run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-check-out}
@@ -37,8 +38,10 @@ if ! $py -c "import pytest" 2>/dev/null && [ -d wheels ]; then
   $py -m pip install -q --no-index --find-links wheels pytest >"$out/pytest-install.log" 2>&1
 fi
 section gpu-tests 90 $py -m pytest -m gpu test/test_vlm_static.py -q -p no:cacheprovider -rs
-section prefill 100 $py -m prune2drive_ros.cli bench prefill --repeats 3 --retain 0.1 0.25
-section decode 100 $py -m prune2drive_ros.cli bench decode --repeats 3 --new-tokens 32 --retain 0.1
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of words
+section prefill 100 $py -m prune2drive_ros.cli bench prefill --repeats 3 --retain 0.1 0.25 ${BENCH_ARGS:-}
+# shellcheck disable=SC2086
+section decode 100 $py -m prune2drive_ros.cli bench decode --repeats 3 --new-tokens 32 --retain 0.1 ${BENCH_ARGS:-}
 section tfps 30 $py -m prune2drive_ros.cli bench pruning --dims 4096 --retain 0.1 --methods tfps --repeats 20
 
 summary="$out/summary.txt"

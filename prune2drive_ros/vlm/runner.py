@@ -95,8 +95,7 @@ class VLMRunner:
     def __init__(self, model: torch.nn.Module, tokenizer, image_spec: ImageSpec, eos_token_ids: Sequence[int],
                  config: RunnerConfig | None = None, *, model_dir=None, **settings):
         """Wrap a loaded LLaVA-OneVision ``model``; ``settings`` are ``RunnerConfig`` fields (or pass ``config``)."""
-        config = (config or RunnerConfig()).replace(**settings) if settings else (config or RunnerConfig())
-        self.config = config
+        self.config = config = (config or RunnerConfig()).replace(**settings)
         self.model = model
         self.tokenizer = tokenizer
         self.image_spec = image_spec
