@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from prune2drive_ros.cameras import NUM_CAMERAS
 from prune2drive_ros.pruning import layer_flops
+from prune2drive_ros.vlm.geometry import TOKENS_PER_VIEW
 
 DRIVEMM = {"hidden": 4096, "ffn": 14336, "layers": 32, "heads": 32, "kv_heads": 8}
 CPU_DEFAULTS = {"hidden": 512, "ffn": 1792, "layers": 8}  # the "medium" model of the CPU targets
@@ -172,8 +174,8 @@ def prefill_flops_ratio(runner, kept_total: int, text_tokens: int) -> float:
 
 def drivemm_flops_ratio(kept_per_view: int = 72, text_tokens: int = 80) -> float:
     """Analytic prefill FLOPs of the real DriveMM with ``kept_per_view`` patches kept at K=1."""
-    dense = 6 * 730 + text_tokens
-    kept = 6 * (kept_per_view + 1) + text_tokens
+    dense = NUM_CAMERAS * TOKENS_PER_VIEW + text_tokens
+    kept = NUM_CAMERAS * (kept_per_view + 1) + text_tokens  # + image_newline
     f = {"hidden": DRIVEMM["hidden"], "ffn": DRIVEMM["ffn"]}
     return (layer_flops(dense, **f) + (DRIVEMM["layers"] - 1) * layer_flops(kept, **f)) / (
         DRIVEMM["layers"] * layer_flops(dense, **f))
