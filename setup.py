@@ -34,7 +34,7 @@ setup(
         "numpy>=1.24",
         # Ranges, not pins: users bring the torch build that matches their CUDA / JetPack.
         "torch>=2.4",
-        "transformers>=5.0,<6",
+        "transformers>=5.0,<6",  # the lower bound is tested in CI (.ci/run: LOWEST_TRANSFORMERS)
         "safetensors>=0.4",
         "tokenizers>=0.20",
         "opencv-python-headless>=4.8",
