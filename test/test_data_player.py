@@ -237,10 +237,12 @@ def test_loop_sends_the_questions_on_the_first_pass_only_unless_asked(bag: Path,
         passes = player.loops_completed
         per_pass = len(recorded[QUESTION_TOPIC])
         assert passes >= 3
-        listener.wait_for({front: passes * len(recorded[front]),
+        # Keep-last camera frames may be overwritten before a loaded reader takes them: the cameras only
+        # have to show that later passes arrived. Questions (a deep history) all arrive.
+        listener.wait_for({front: len(recorded[front]) + 1,
                            QUESTION_TOPIC: (passes if loop_questions else 1) * per_pass}, timeout=30)
         questions = listener.received[QUESTION_TOPIC]
-        assert len(listener.received[front]) >= passes * len(recorded[front])  # the cameras repeat
+        assert len(listener.received[front]) > len(recorded[front])  # the cameras repeat
         if loop_questions:
             assert len(questions) >= passes * per_pass
         else:
