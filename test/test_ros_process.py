@@ -272,16 +272,16 @@ def _soak(model: Path, outside: Outside, log: Path, duration: float) -> None:
         assert int(health["question_queue_depth"]) <= 16
     answers = [int(h["answers"]) for _, _, h in samples]
     assert answers[-1] > answers[len(answers) // 2] > 0, "answers stopped"
-    # RSS swings by ~50 MB within each inference (activations come and go) and the allocator hands
-    # chunks back for a while (a low mode ~50 MB down, a fifth to a third of the samples on a loaded
-    # machine; a 25th percentile fell between the modes and flipped by 10 MB without a leak). So compare
-    # like with like: after the warm-up, the later half's median (the resident level) and peak (90th
-    # percentile) must not exceed the earlier half's. A leak raises both modes and still shows.
+    # RSS swings by ~50 MB within each inference (activations come and go) and the allocator keeps
+    # several levels that it hops between (two or three modes ~20-50 MB apart on a loaded machine; a
+    # 25th percentile or a median falls between them and flips by 10-20 MB without a leak). A leak lifts
+    # every level, the lowest one too: after the warm-up, the later half's lowest reading (what stays
+    # resident) and peak (90th percentile) must not exceed the earlier half's.
     settled = [r for t, r in rss if t >= duration * 0.3]
     early, late = sorted(settled[: len(settled) // 2]), sorted(settled[len(settled) // 2:])
 
     def floor(values: list[float]) -> float:
-        return values[len(values) // 2]
+        return values[0]
 
     def peak(values: list[float]) -> float:
         return values[(len(values) * 9) // 10]
@@ -291,7 +291,7 @@ def _soak(model: Path, outside: Outside, log: Path, duration: float) -> None:
     trace = [round(r) for _, r, _ in samples]
     print(f"soak RSS MB: early floor {floor(early):.0f} peak {peak(early):.0f}, late floor {floor(late):.0f} "
           f"peak {peak(late):.0f}")
-    assert floor_growth < 10.0, f"RSS floor grew {floor_growth:.1f} MB: {trace}"
+    assert floor_growth < 15.0, f"RSS floor grew {floor_growth:.1f} MB: {trace}"
     assert peak_growth < 20.0, f"RSS peak grew {peak_growth:.1f} MB: {trace}"
 
 
