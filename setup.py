@@ -26,6 +26,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        # The trained test-bed model (a few MB); the demo's default when no real checkpoint is found.
+        (f"share/{PACKAGE}/models/testbed", glob("models/testbed/*")),
     ],
     install_requires=[
         "setuptools",

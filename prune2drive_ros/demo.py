@@ -40,6 +40,15 @@ TINY_BANNER = """\
 +--------------------------------------------------------------------------------------------+"""
 
 
+TESTBED_BANNER = """\
++--------------------------------------------------------------------------------------------+
+| No DriveMM / LLaVA-OneVision checkpoint was found, so the demo runs the shipped test-bed     |
+| model (models/testbed): a small VLM trained on this package's synthetic street, 8x8 tokens   |
+| per view. Its answers fit the synthetic scenes only; it is not DriveMM. Pass --model for a   |
+| real checkpoint (see README).                                                                |
++--------------------------------------------------------------------------------------------+"""
+
+
 def _cached_checkpoints() -> list[Path]:
     """DriveMM / LLaVA-OneVision snapshots in the Hugging Face cache, DriveMM first."""
     hub = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
@@ -57,7 +66,7 @@ def _cached_checkpoints() -> list[Path]:
 
 def choose_model(requested: str | None) -> tuple[str, str]:
     """(model, why): --model, $PRUNE2DRIVE_MODEL, a checkpoint in ~/.cache/prune2drive/models or the
-    Hugging Face cache, and only then the tiny random model."""
+    Hugging Face cache, then the shipped test-bed model, and only then the tiny random model."""
     if requested:
         return requested, "--model"
     if os.environ.get("PRUNE2DRIVE_MODEL"):
@@ -68,6 +77,12 @@ def choose_model(requested: str | None) -> tuple[str, str]:
     cached = _cached_checkpoints()
     if cached:
         return str(cached[0]), "found in the Hugging Face cache"
+    from prune2drive_ros.training import shipped_testbed
+
+    testbed = shipped_testbed()
+    if testbed is not None:
+        print(TESTBED_BANNER)
+        return str(testbed), "the shipped synthetic test-bed model"
     tiny = CACHE / "tiny-model"
     if not (tiny / "config.json").is_file():
         from prune2drive_ros.vlm.tiny import make_tiny_model

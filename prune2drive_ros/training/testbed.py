@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prune2drive_ros.cameras import CAMERAS, NUM_CAMERAS
+from prune2drive_ros.cameras import NUM_CAMERAS
 from prune2drive_ros.data import testbed_scenes as T
 from prune2drive_ros.training import TESTBED_MARKER
 
@@ -140,7 +140,7 @@ class PromptTokens:
         return self.tokenizer(self.prompt.suffix(text.strip()), add_special_tokens=False).input_ids
 
     def answer(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids + [self.eot]
+        return [*self.tokenizer(text, add_special_tokens=False).input_ids, self.eot]
 
 
 # ---------------------------------------------------------------- one training batch
@@ -257,7 +257,8 @@ def _unwrap(output):
     return output[0] if isinstance(output, tuple) else output
 
 
-def batch_loss(model, batch: Batch, layout: PromptTokens) -> torch.Tensor:
+def packed_hidden(model, batch: Batch, layout: PromptTokens) -> torch.Tensor:
+    """[B, T, D] last-layer hidden states (before the final norm) of a packed batch."""
     lm = model.model.language_model
     b = batch.ids.shape[0]
     embeds = lm.embed_tokens(batch.ids)
@@ -275,8 +276,20 @@ def batch_loss(model, batch: Batch, layout: PromptTokens) -> torch.Tensor:
         attn_mask = torch.where(use_pruned, pruned, dense)
         hidden = _unwrap(layer(hidden, attention_mask=attn_mask, position_ids=batch.positions,
                                position_embeddings=(cos, sin)))
+    return hidden
+
+
+@torch.no_grad()
+def packed_logits(model, batch: Batch, layout: PromptTokens) -> torch.Tensor:
+    hidden = packed_hidden(model, batch, layout)
+    return model.lm_head(model.model.language_model.norm(hidden)).float()
+
+
+def batch_loss(model, batch: Batch, layout: PromptTokens) -> torch.Tensor:
+    """Cross-entropy of the answer tokens; every question of the batch weighs the same."""
+    hidden = packed_hidden(model, batch, layout)
     picked = batch.targets != -100
-    logits = model.lm_head(lm.norm(hidden[picked])).float()
+    logits = model.lm_head(model.model.language_model.norm(hidden[picked])).float()
     losses = F.cross_entropy(logits, batch.targets[picked], reduction="none")
     return (losses * batch.weights[picked]).sum()
 
@@ -358,7 +371,38 @@ def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, st
     plot_loss(losses, out / "loss.png", f"train-testbed ({name}, seed {seed}, {s.grid}x{s.grid} tokens/view)")
     record["heldout"] = evaluate(out, s.eval_scenes, progress=progress)
     save_checkpoint(model, tokenizer, s, out, record)  # again, now with the held-out scores in the record
+    (out / "README.md").write_text(model_card(record))
     return record
+
+
+def model_card(record: dict) -> str:
+    """README.md of a trained checkpoint: what it is, how it was trained, what it scores."""
+    held = record["heldout"]
+    h = record["hyperparameters"]
+    rows = "\n".join(f"| {kind} | {held[kind]:.3f} |" for kind in (*T.KINDS, "mc_accuracy") if held.get(kind) is not None)
+    return f"""# Test-bed model (synthetic street, not DriveMM)
+
+A small LLaVA-OneVision model (SigLIP-shaped vision tower, 2-layer GELU projector, Llama decoder) trained
+from scratch by `prune2drive train-testbed` on this package's synthetic six-camera street with traffic
+cones. It reads DriveMM's six-view prompt with **{record['tokens_per_view']} visual tokens per view**
+(DriveMM: 27x27). Its answers are meaningful for the synthetic scenes only; scores on it are not DriveLM
+scores. `config.json` carries the record below under `{TESTBED_MARKER}`.
+
+- command: `{record['command']}`
+- seed: {record['seed']} (held-out scenes: seed {record['heldout_seed']}, never used in training)
+- training: {record['steps']} steps, {record['scenes_seen']} freshly drawn scenes, {record['train_seconds']:.0f} s on
+  {record['threads']} CPU threads (a shared, loaded machine); loss {record['loss_first20']:.3f} (first 20 steps) ->
+  {record['loss_last20']:.3f} (last 20), curve in `loss.png`
+- model: vision {h['vision_layers']} x {h['vision_hidden']}, text {h['layers']} layers x {h['hidden']} (FFN {h['ffn']}),
+  vocabulary {h['vocab']}
+
+Held-out scores, dense (no pruning), {held['scenes']} scenes / {held['questions']} questions
+(multiple choice: accuracy; nearest cone: point-match F1 within 16 px):
+
+| question kind | score |
+|---|---|
+{rows}
+"""
 
 
 def save_checkpoint(model, tokenizer, s: Setting, out: Path, record: dict) -> None:
