@@ -44,6 +44,9 @@ def test_model_choice_order(tmp_path: Path, monkeypatch, capsys) -> None:
 
     monkeypatch.delenv("PRUNE2DRIVE_MODEL")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    import prune2drive_ros.training as training
+
+    monkeypatch.setattr(training, "shipped_testbed", lambda: None)  # an install without models/testbed
     model, why = demo.choose_model(None)
     assert model == str(tmp_path / "p2d" / "tiny-model") and (tmp_path / "p2d" / "tiny-model" / "config.json").is_file()
     assert "MEANINGLESS" in capsys.readouterr().out

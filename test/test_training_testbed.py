@@ -128,11 +128,12 @@ def test_packed_questions_train_what_the_runtime_computes(scenes) -> None:
 @pytest.mark.slow
 def test_quick_training_learns(tmp_path: Path) -> None:
     record = TB.train(tmp_path / "quick", "quick", seed=0, workers=0, progress=False)
-    assert record["loss_last20"] < 0.5 * record["loss_first20"]
+    assert record["loss_last20"] < 0.3 * record["loss_first20"]
     held = record["heldout"]
-    # Chance: 1/2 on presence, 1/4 on the other multiple-choice kinds.
-    assert held["presence"] >= 0.7
-    assert held["mc_accuracy"] >= 0.55
+    # Uniform guessing: 1/2 on presence, 1/4 on the other kinds (about 0.35 overall). A minute of training
+    # learns the answer formats and the question priors; the full setting is what learns to see.
+    assert 0.3 < held["mc_chance"] < 0.4
+    assert held["mc_accuracy"] >= held["mc_chance"] + 0.08
     config = json.loads((tmp_path / "quick" / "config.json").read_text())
     assert config[TESTBED_MARKER]["setting"] == "quick"
     assert (tmp_path / "quick" / "loss.png").stat().st_size > 5000
@@ -166,6 +167,16 @@ def test_shipped_checkpoint_answers_heldout_questions(shipped: Path) -> None:
     assert np.mean(right) >= 0.8, [(qa.question[:50], qa.answer, a.text) for qa, a in zip(mc, answers, strict=True)]
     behavior = next(i for i, qa in enumerate(mc) if qa.kind == "behavior")
     assert right[behavior]
+
+
+def test_installed_layouts_are_searched(tmp_path: Path, monkeypatch) -> None:
+    """pip and colcon put data files under <prefix>/share/prune2drive_ros; setup.py lists models/testbed."""
+    from prune2drive_ros.training import testbed_locations
+
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "install"))
+    assert tmp_path / "install" / "share" / "prune2drive_ros" / "models" / "testbed" in testbed_locations()
+    setup = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    assert '"share/{PACKAGE}/models/testbed", glob("models/testbed/*")' in setup.replace("f\"", "\"")
 
 
 def test_demo_defaults_to_the_shipped_test_bed(shipped: Path, tmp_path: Path, monkeypatch) -> None:

@@ -14,6 +14,13 @@ TESTBED_MARKER = "prune2drive_testbed"
 """Key in a checkpoint's config.json that marks a model trained by ``train-testbed`` (holds its record)."""
 
 
+def testbed_locations() -> list[Path]:
+    """Where an install keeps ``models/testbed``, in the order they are tried."""
+    candidates = [Path(__file__).resolve().parents[2] / "models" / "testbed"]
+    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
+    return candidates + [Path(p) / "share" / PACKAGE / "models" / "testbed" for p in prefixes if p]
+
+
 def shipped_testbed() -> Path | None:
     """The test-bed checkpoint shipped with the package, or None if this install has none.
 
@@ -21,10 +28,7 @@ def shipped_testbed() -> Path | None:
     install) and in the installed share folder (``<prefix>/share/prune2drive_ros/models/testbed``, where
     ``pip install`` and colcon put data files).
     """
-    candidates = [Path(__file__).resolve().parents[2] / "models" / "testbed"]
-    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
-    candidates += [Path(p) / "share" / PACKAGE / "models" / "testbed" for p in prefixes if p]
-    for folder in candidates:
+    for folder in testbed_locations():
         if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
             return folder
     return None

@@ -379,7 +379,8 @@ def model_card(record: dict) -> str:
     """README.md of a trained checkpoint: what it is, how it was trained, what it scores."""
     held = record["heldout"]
     h = record["hyperparameters"]
-    rows = "\n".join(f"| {kind} | {held[kind]:.3f} |" for kind in (*T.KINDS, "mc_accuracy") if held.get(kind) is not None)
+    rows = "\n".join(f"| {kind} | {held[kind]:.3f} |" for kind in (*T.KINDS, "mc_accuracy", "mc_chance")
+                     if held.get(kind) is not None)
     return f"""# Test-bed model (synthetic street, not DriveMM)
 
 A small LLaVA-OneVision model (SigLIP-shaped vision tower, 2-layer GELU projector, Llama decoder) trained
@@ -460,13 +461,14 @@ def evaluate(model_dir: str | Path, scenes: int | list[T.TestbedScene], *, pruni
     """Per-kind accuracy (multiple choice) and match F1 (nearest cone) of a checkpoint on held-out scenes."""
     from tqdm import tqdm
 
-    from prune2drive_ros.eval.metrics import match_f1, parse_option_letter
+    from prune2drive_ros.eval.metrics import match_f1, parse_option_letter, question_options
     from prune2drive_ros.vlm.runner import VLMRunner
 
     scenes = heldout_scenes(scenes) if isinstance(scenes, int) else scenes
     runner = VLMRunner.from_pretrained(str(model_dir), pruning=pruning, retain=retain, device="cpu",
                                        dtype="float32", max_new_tokens=40)
     scores: dict[str, list[float]] = {kind: [] for kind in T.KINDS}
+    chance: list[float] = []
     for scene in tqdm(scenes, desc="held-out", unit="scene", disable=not progress):
         answers = runner.answer(scene.images, [qa.question for qa in scene.qas])
         for qa, ans in zip(scene.qas, answers, strict=True):
@@ -474,10 +476,12 @@ def evaluate(model_dir: str | Path, scenes: int | list[T.TestbedScene], *, pruni
                 scores[qa.kind].append(match_f1(ans.text, qa.answer))
             else:
                 scores[qa.kind].append(float(parse_option_letter(ans.text, qa.question) == qa.answer))
+                chance.append(1.0 / len(question_options(qa.question)))
     runner.close()
     result = {kind: round(float(np.mean(v)), 4) for kind, v in scores.items() if v}
     mc = [x for kind in T.MC_KINDS for x in scores[kind]]
     result["mc_accuracy"] = round(float(np.mean(mc)), 4) if mc else None
+    result["mc_chance"] = round(float(np.mean(chance)), 4) if chance else None  # uniform guessing
     result["questions"] = sum(len(v) for v in scores.values())
     result["scenes"] = len(scenes)
     return result
