@@ -4,8 +4,10 @@
    ``HELDOUT_SEED``, never used in training) and a search set for the budget search (another seed).
 2. ``prune2drive eval --compare`` on the held-out set: none, tfps, divprune, fastv, mvpruner, random
    and pool at the retain ratios asked for (default 0.1 and 0.25).
-3. A paired bootstrap over questions (the same resampled questions for every method) gives a 95%
-   interval for accuracy, match and the partial final score (no judge: GPT missing) of each run.
+3. ``eval``'s bootstrap over questions gives a 95% interval for accuracy, match and the partial final
+   score (no judge: GPT missing) of each run. Scoring uses ``--rules lenient`` (every question
+   scored): the official rule skips questions that name objects the frame's first answer did not
+   match, and the test bed has no "important objects" question to come first.
 4. ``prune2drive optimize`` searches per-camera ratios for T-FPS on the search set; the best ratios
    and a uniform ratio with the same total budget (so the same FLOPs) are then evaluated on the
    held-out set, to show whether view-adaptive budgets beat uniform ones.
@@ -45,27 +47,16 @@ def _cli(argv: list[str]) -> None:
         raise RuntimeError(f"prune2drive {argv[0]} failed with exit code {code}")
 
 
-# ---------------------------------------------------------------- bootstrap
+# ---------------------------------------------------------------- scores
 
 
-def run_scores(run_dir: Path, questions: Sequence[Any], resamples: list[np.ndarray]) -> dict[str, Any]:
-    """Point scores of one eval run and their bootstrap 2.5/97.5 percentiles."""
-    from prune2drive_ros.eval.files import read_jsonl
-    from prune2drive_ros.eval.scoring import score
-
-    answers = {r["id"]: r["answer"] for r in read_jsonl(run_dir / "answers.jsonl")}
+def run_scores(run_dir: Path) -> dict[str, Any]:
+    """Scores of one eval run and their 95% bootstrap intervals (eval's, over questions)."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    keys = ("accuracy", "match", "language_score", "final_score")
-    samples: dict[str, list[float]] = {k: [] for k in keys}
-    for idx in resamples:
-        m = score([questions[i] for i in idx], answers)
-        for k in keys:
-            if m.get(k) is not None:
-                samples[k].append(float(m[k]))
-    out: dict[str, Any] = {k: metrics.get(k) for k in (*keys, "flops_ratio", "kept_per_view")}
-    out["final_score_formula"] = metrics.get("final_score_formula")
-    out["ci95"] = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in samples.items() if v}
-    out["bootstrap"] = {k: v for k, v in samples.items()}
+    keys = ("accuracy", "match", "language_score", "final_score", "final_score_formula", "flops_ratio",
+            "kept_per_view", "counts")
+    out: dict[str, Any] = {k: metrics.get(k) for k in keys}
+    out["ci95"] = {k: v for k, v in (metrics.get("ci95") or {}).items() if v is not None}
     return out
 
 
@@ -167,34 +158,34 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
         write_drivelm_set(heldout, scenes, HELDOUT_SEED, progress=progress)
     if not (search_set / "drivelm.json").is_file():
         write_drivelm_set(search_set, search_scenes, SEARCH_SEED, progress=progress)
-    common = ["--model", model, "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "32"]
+    # Lenient rules: the test bed has no DriveLM "important objects" first question, so the official rule
+    # that skips questions naming unmatched objects would drop every tagged-vehicle question.
+    common = ["--model", model, "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "32", "--rules", "lenient"]
+    scoring = ["--bootstrap", str(resamples)]
     quiet = [] if progress else ["--no-progress"]
     _cli(["eval", *common, "--drivelm", str(heldout / "drivelm.json"), "--out", str(out / "compare"),
-          "--compare", ",".join(methods), "--compare-retain", retains, *quiet])
+          "--compare", ",".join(methods), "--compare-retain", retains, *scoring, *quiet])
     _cli(["optimize", *common, "--drivelm", str(search_set / "drivelm.json"), "--out", str(out / "optimize"),
           "--trials", str(trials), "--limit", str(limit), "--pruning", "tfps", "--seed", "0", *quiet])
     best = json.loads((out / "optimize" / "study.json").read_text())
     ratios = [float(best["view_ratios"][cam]) for cam in CAMERA_NAMES]
     _cli(["eval", *common, "--drivelm", str(heldout / "drivelm.json"), "--out", str(out / "adaptive"),
-          "--pruning", "tfps", "--view-ratios", *[f"{r:.6f}" for r in ratios], *quiet])
+          "--pruning", "tfps", "--view-ratios", *[f"{r:.6f}" for r in ratios], *scoring, *quiet])
     uniform = float(np.mean(ratios))
     _cli(["eval", *common, "--drivelm", str(heldout / "drivelm.json"), "--out", str(out / "uniform"),
-          "--pruning", "tfps", "--retain", f"{uniform:.6f}", *quiet])
+          "--pruning", "tfps", "--retain", f"{uniform:.6f}", *scoring, *quiet])
 
     questions = list(load_drivelm(heldout / "drivelm.json").questions())
-    rng = np.random.default_rng(0)
-    draws = [rng.integers(0, len(questions), len(questions)) for _ in range(resamples)]
-    runs = {p.name: run_scores(p, questions, draws) for p in sorted((out / "compare").iterdir())
-            if (p / "metrics.json").is_file()}
+    runs = {p.name: run_scores(p) for p in sorted((out / "compare").iterdir()) if (p / "metrics.json").is_file()}
     order = {m: i for i, m in enumerate(methods)}
     runs = dict(sorted(runs.items(), key=lambda kv: (order.get(kv[0].split("-r")[0], 99), kv[0])))
     dense = runs.get("none", {})
-    adaptive = {"tfps-adaptive": run_scores(out / "adaptive", questions, draws),
-                "tfps-uniform": run_scores(out / "uniform", questions, draws)}
+    adaptive = {"tfps-adaptive": run_scores(out / "adaptive"), "tfps-uniform": run_scores(out / "uniform")}
 
-    def paired(a: dict, b: dict) -> list[float]:
-        diff = np.array(a["bootstrap"]["final_score"]) - np.array(b["bootstrap"]["final_score"])
-        return [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))]
+    def separated(a: dict, b: dict) -> str:
+        """'higher' / 'lower' when the final-score intervals do not overlap, else 'overlapping'."""
+        (alo, ahi), (blo, bhi) = a["ci95"]["final_score"], b["ci95"]["final_score"]
+        return "higher" if alo > bhi else "lower" if ahi < blo else "overlapping"
 
     comparisons = {}
     for r in retains.split(","):
@@ -202,25 +193,24 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
         for other in ("random", "pool", "fastv", "divprune", "mvpruner"):
             o = runs.get(f"{other}-r{float(r):g}")
             if tfps and o:
-                comparisons[f"tfps-r{float(r):g} - {other}-r{float(r):g}"] = paired(tfps, o)
-    comparisons["tfps-adaptive - tfps-uniform"] = paired(adaptive["tfps-adaptive"], adaptive["tfps-uniform"])
+                comparisons[f"tfps-r{float(r):g} vs {other}-r{float(r):g}"] = separated(tfps, o)
+    comparisons["tfps-adaptive vs tfps-uniform"] = separated(adaptive["tfps-adaptive"], adaptive["tfps-uniform"])
 
     n_q = len(questions)
     title = (f"synthetic test bed (not DriveLM): {n_q} held-out questions, 8x8 tokens/view; "
              "final score partial (no GPT judge), 95% bootstrap CI")
     plot_quality_vs_flops(runs, out / "testbed_quality_vs_flops.png", title)
     plot_adaptive(adaptive, ratios, out / "testbed_adaptive.png", f"T-FPS at equal FLOPs ({n_q} questions)")
-    strip = {name: {k: v for k, v in run.items() if k != "bootstrap"} for name, run in {**runs, **adaptive}.items()}
     summary = {"questions": n_q, "scenes": scenes, "heldout_seed": HELDOUT_SEED, "search_seed": SEARCH_SEED,
-               "model": model, "runs": strip, "view_ratios": ratios, "uniform_ratio": uniform,
-               "paired_final_score_differences_ci95": comparisons, "resamples": resamples}
+               "model": model, "rules": "lenient", "runs": {**runs, **adaptive}, "view_ratios": ratios,
+               "uniform_ratio": uniform, "final_score_intervals": comparisons, "resamples": resamples}
     (out / "study.json").write_text(json.dumps(summary, indent=1))
-    md = [f"Synthetic test bed, not DriveLM. {n_q} held-out questions ({scenes} scenes, seed {HELDOUT_SEED}); "
-          f"final score is partial (no GPT judge): {dense.get('final_score_formula')}. 95% intervals: paired "
-          f"bootstrap over questions ({resamples} resamples).", "", table(runs, dense), "",
-          "View-adaptive vs uniform T-FPS at equal total budget:", "", table(adaptive, dense), "",
-          "Paired differences of the final score (95% CI; excludes 0 = a real difference):", ""]
-    md += [f"- {k}: [{v[0]:+.3f}, {v[1]:+.3f}]" for k, v in comparisons.items()]
+    md = [f"Synthetic test bed, not DriveLM. {n_q} held-out questions ({scenes} scenes, seed {HELDOUT_SEED}), "
+          "lenient rules (every question scored; see README); final score is partial (no GPT judge): "
+          f"{dense.get('final_score_formula')}. 95% intervals: bootstrap over questions ({resamples} resamples).", "",
+          table(runs, dense), "", "View-adaptive vs uniform T-FPS at equal total budget:", "", table(adaptive, dense),
+          "", "Final-score 95% intervals compared (higher / lower: they do not overlap):", ""]
+    md += [f"- {k}: {v}" for k, v in comparisons.items()]
     (out / "study.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return summary
@@ -237,7 +227,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"methods compared (default {','.join(METHODS)})")
     parser.add_argument("--trials", type=int, default=30, help="TPE trials of the budget search (default 30)")
     parser.add_argument("--limit", type=int, default=80, help="questions per trial (default 80)")
-    parser.add_argument("--resamples", type=int, default=200, help="bootstrap resamples (default 200)")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(default_model=shipped_testbed)
 
