@@ -107,7 +107,7 @@ def plot_quality_vs_flops(runs: dict[str, dict[str, Any]], path: Path, title: st
         ax.annotate(name.replace(f"{method}-", "") if method != "none" else "dense", (x, y),
                     textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.set_xlabel("prefill FLOPs (% of dense)")
-    ax.set_ylabel("final score, partial: 0.2 L + 0.2 Match/100 + 0.2 Acc (max 0.6)")
+    ax.set_ylabel("final score, partial (max 0.6)\n0.2 L + 0.2 Match/100 + 0.2 Acc", fontsize=9)
     ax.set_ylim(0.0, 0.6)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -197,7 +197,7 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
     comparisons["tfps-adaptive vs tfps-uniform"] = separated(adaptive["tfps-adaptive"], adaptive["tfps-uniform"])
 
     n_q = len(questions)
-    title = (f"synthetic test bed (not DriveLM): {n_q} held-out questions, 8x8 tokens/view; "
+    title = (f"synthetic test bed (not DriveLM): {n_q} held-out questions, 8x8 tokens/view\n"
              "final score partial (no GPT judge), 95% bootstrap CI")
     plot_quality_vs_flops(runs, out / "testbed_quality_vs_flops.png", title)
     plot_adaptive(adaptive, ratios, out / "testbed_adaptive.png", f"T-FPS at equal FLOPs ({n_q} questions)")
