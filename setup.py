@@ -24,6 +24,8 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        # ros2 run / launch_ros find executables only here; the launcher execs <prefix>/bin/drive_vqa_node.
+        (f"lib/{PACKAGE}", ["resource/drive_vqa_node"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         # The trained test-bed model (a few MB); the demo's default when no real checkpoint is found.
@@ -34,7 +36,7 @@ setup(
         "numpy>=1.24",
         # Ranges, not pins: users bring the torch build that matches their CUDA / JetPack.
         "torch>=2.4",
-        "transformers>=5.0,<6",
+        "transformers>=5.0,<6",  # the lower bound is tested in CI (.ci/run: LOWEST_TRANSFORMERS)
         "safetensors>=0.4",
         "tokenizers>=0.20",
         "opencv-python-headless>=4.8",
@@ -54,6 +56,8 @@ setup(
             "onnx>=1.16",
             "onnxruntime>=1.18",
         ],
+        # convert-nuscenes, play and the demo: rosbag2 files and nuScenes tables without a ROS install.
+        "nuscenes": ["rosbags>=0.10", "nuscenes-devkit>=1.1.11"],
         "eval": ["pycocoevalcap>=1.2", "optuna>=3.6", "matplotlib>=3.7", "rosbags>=0.10", "nuscenes-devkit>=1.1.11"],
         "tensorrt": ["tensorrt>=10", "onnx>=1.16", "onnxruntime>=1.18"],
     },

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import torch
 
+from prune2drive_ros.vlm.geometry import PATCH_SIZE, VIEW_SIZE
+from prune2drive_ros.vlm.preprocess import preprocessor_config
 from prune2drive_ros.vlm.prompt import IMAGE_PLACEHOLDER, LLAMA3_CHAT_TEMPLATE, user_message
 
 SPECIAL_TOKENS = [
@@ -75,8 +79,8 @@ def tiny_config(tokenizer, text_arch: str = "llama"):
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        image_size=384,
-        patch_size=14,
+        image_size=VIEW_SIZE,
+        patch_size=PATCH_SIZE,
         vision_use_head=False,
         initializer_range=0.3,
     )
@@ -110,24 +114,9 @@ def tiny_config(tokenizer, text_arch: str = "llama"):
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
         vision_aspect_ratio="anyres_max_9",
-        image_grid_pinpoints=[[384, 384]],
+        image_grid_pinpoints=[[VIEW_SIZE, VIEW_SIZE]],
         tie_word_embeddings=False,
     )
-
-
-def preprocessor_config(aspect_ratio: str = "square") -> dict:
-    """SigLIP preprocessing at 384 px, plus the aspect-ratio mode the runtime reads."""
-    return {
-        "image_processor_type": "LlavaOnevisionImageProcessor",
-        "size": {"height": 384, "width": 384},
-        "resample": 3,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-        "image_aspect_ratio": aspect_ratio,
-    }
 
 
 def make_tiny_model(dst: str | Path, *, text_arch: str = "llama", fmt: str = "hf", seed: int = 0) -> Path:
@@ -168,9 +157,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-arch", choices=["llama", "qwen2"], default="llama")
     parser.add_argument("--format", dest="fmt", choices=["hf", "llava-next"], default="hf")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace DST if it already holds a checkpoint")
+
+
+def _make_room(dst: Path, force: bool) -> str | None:
+    """Clear ``dst`` for a new checkpoint; the reason it cannot be, or None."""
+    if not dst.exists() or (dst.is_dir() and not any(dst.iterdir())):
+        return None
+    if not force:
+        return f"{dst} exists and is not empty; pass --force to replace it"
+    # --force replaces a checkpoint (config.json and plain files), never an arbitrary folder given by mistake.
+    if not (dst.is_dir() and (dst / "config.json").is_file() and all(p.is_file() for p in dst.iterdir())):
+        return f"{dst} exists and is not a checkpoint folder; not deleting it, even with --force"
+    shutil.rmtree(dst)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
+    problem = _make_room(args.dst, args.force)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     path = make_tiny_model(args.dst, text_arch=args.text_arch, fmt=args.fmt, seed=args.seed)
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     print(f"wrote a tiny {args.text_arch} checkpoint ({args.fmt}, {size / 2**20:.1f} MiB) to {path}")
