@@ -146,7 +146,7 @@ def summary(records: list[dict[str, str]]) -> str:
     lines += ["", f"prefill FLOPs: {statistics.mean(flops):.1%} of dense (mean over {len(records)} answers)"]
     kept = [list(map(int, r["kept_per_view"].split(","))) for r in records]
     per_camera = [statistics.mean(k[i] for k in kept) for i in range(len(CAMERA_NAMES))]
-    lines.append("kept tokens per camera (of 729): " + ", ".join(
+    lines.append("kept tokens per camera: " + ", ".join(
         f"{name}={n:.0f}" for name, n in zip(CAMERA_NAMES, per_camera)))
     lines.append(f"vision backend: {records[-1].get('vision_backend')}  device: {records[-1].get('device')}")
     return "\n".join(lines)
