@@ -191,3 +191,21 @@ def test_demo_defaults_to_the_shipped_test_bed(shipped: Path, tmp_path: Path, mo
     monkeypatch.setattr(demo, "CACHE", tmp_path / "cache")
     model, why = demo.choose_model(None)
     assert Path(model) == shipped and "test-bed" in why
+
+
+def test_training_stream_is_seeded() -> None:
+    """The same seed draws the same scenes, questions and token dropout; another seed draws others."""
+    from prune2drive_ros.vlm.preprocess import ImageSpec
+
+    s = replace(_tiny_setting(), batch=1)
+    tokenizer = TB.build_tokenizer(TB.corpus(0, scenes=3), s.vocab)
+    layout = TB.PromptTokens(tokenizer, s.grid * s.grid)
+    spec = ImageSpec(size=s.grid * TB.PATCH)
+
+    def first(seed: int) -> TB.Batch:
+        return next(iter(TB.SceneBatches(seed, s, layout, spec, s.layers)))
+
+    a, b, c = first(7), first(7), first(8)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.pixels, b.pixels)
+    assert torch.equal(a.allowed_pruned, b.allowed_pruned)
+    assert not (a.ids.shape == c.ids.shape and torch.equal(a.ids, c.ids) and torch.equal(a.pixels, c.pixels))

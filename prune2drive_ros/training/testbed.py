@@ -230,7 +230,8 @@ class SceneBatches(torch.utils.data.IterableDataset):
     def __iter__(self):
         from prune2drive_ros.data.synthetic_world import make_rig
 
-        torch.set_num_threads(1)
+        if torch.utils.data.get_worker_info() is not None:  # a drawing process: leave the cores to training
+            torch.set_num_threads(1)
         rig = make_rig()
         scene_rng = random.Random(self.seed)  # held-out scenes come from HELDOUT_SEED, never from this stream
         batch_rng = random.Random(self.seed + 1)
