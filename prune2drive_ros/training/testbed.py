@@ -305,7 +305,8 @@ def _lr_factor(step: int, steps: int, warmup: int = 30) -> float:
 
 
 def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, steps: int | None = None,
-          threads: int | None = None, workers: int = 1, progress: bool = True, command: str = "") -> dict:
+          threads: int | None = None, workers: int = 1, progress: bool = True, command: str = "",
+          init: str | Path | None = None) -> dict:
     """Train, write the checkpoint to ``out``, score it on held-out scenes; returns the record."""
     from tqdm import tqdm
     from transformers import LlavaOnevisionForConditionalGeneration
@@ -322,12 +323,23 @@ def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, st
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(corpus(seed), s.vocab)
-    config = model_config(tokenizer, s)
+    if init is not None:  # continue from a checkpoint of the same setting (weights and tokenizer)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(init, trust_remote_code=False)
+        model = LlavaOnevisionForConditionalGeneration.from_pretrained(init, dtype=torch.float32,
+                                                                       use_safetensors=True)
+        config = model.config
+        if config.vision_config.image_size != s.grid * PATCH:
+            raise ValueError(f"{init} has {config.vision_config.image_size}-px views; setting {name!r} needs "
+                             f"{s.grid * PATCH}")
+    else:
+        tokenizer = build_tokenizer(corpus(seed), s.vocab)
+        config = model_config(tokenizer, s)
+        model = LlavaOnevisionForConditionalGeneration(config)
+        with torch.no_grad():  # some versions leave image_newline at zeros; start it like the other embeddings
+            model.model.image_newline.normal_(0.0, 0.02)
     config.text_config._attn_implementation = "sdpa"
-    model = LlavaOnevisionForConditionalGeneration(config)
-    with torch.no_grad():  # some versions leave image_newline at zeros; start it like the other embeddings
-        model.model.image_newline.normal_(0.0, 0.02)
     model.train()
     layout = PromptTokens(tokenizer, s.grid * s.grid)
     spec = ImageSpec(size=s.grid * PATCH)
@@ -367,6 +379,9 @@ def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, st
         "loss_last20": round(float(np.mean(losses[-20:])), 4),
         "hyperparameters": asdict(s),
     }
+    if init is not None:
+        previous = getattr(model.config, TESTBED_MARKER, None) or {}
+        record["continued_from"] = {k: previous.get(k) for k in ("command", "seed", "steps", "train_seconds")}
     save_checkpoint(model, tokenizer, s, out, record)
     (out / "loss.json").write_text(json.dumps([round(v, 5) for v in losses]))
     plot_loss(losses, out / "loss.png", f"train-testbed ({name}, seed {seed}, {s.grid}x{s.grid} tokens/view)")
@@ -499,13 +514,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="override the setting's number of steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing scenes (default 1; 0: in-process)")
+    parser.add_argument("--init", type=Path, help="continue training this checkpoint (same setting) instead of a new model")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     command = "prune2drive train-testbed " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
     record = train(args.out, args.setting, seed=args.seed, steps=args.steps, threads=args.threads,
-                   workers=args.workers, progress=not args.no_progress, command=command)
+                   workers=args.workers, progress=not args.no_progress, command=command, init=args.init)
     held = record["heldout"]
     size = sum(f.stat().st_size for f in Path(args.out).iterdir() if f.is_file())
     print(f"trained in {record['train_seconds']:.0f} s; loss {record['loss_first20']:.3f} -> "
