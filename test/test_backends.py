@@ -281,3 +281,22 @@ def test_tensorrt_strongly_typed_fp32_norms(tiny_model) -> None:
     data = build_engine(export_onnx_fp32_norms(enc, torch.float16), precision="fp16", max_views=6, strongly_typed=True)
     backend = TensorRTBackend(data, device=cuda, dtype=torch.float16)
     assert compare(backend, enc, parity_inputs(enc, 6, tiny_model)).min_cosine >= 0.999
+
+
+# -- TensorRT version gate (pure logic; the engine build itself needs TensorRT and CUDA) -------------
+@pytest.mark.parametrize(("version", "ok"), [("10.3.0", True), ("10.16.1.11", True), ("8.6.2", False),
+                                             ("11.4.0.106", False), ("garbage", False)])
+def test_tensorrt_version_gate(version, ok) -> None:
+    from prune2drive_ros.vlm.backends.tensorrt_backend import version_problem
+
+    problem = version_problem(version)
+    assert (problem is None) == ok
+    if not ok:
+        assert version in problem and ("10.x" in problem or "unrecognised" in problem)
+
+
+def test_tensorrt_cache_key_names_the_strongly_typed_recipe(monkeypatch) -> None:
+    from prune2drive_ros.vlm.backends import tensorrt_backend
+
+    monkeypatch.setattr(tensorrt_backend, "runtime_version", lambda: "10.16.1.11")
+    assert build_mod.runtime_version("tensorrt") == "tensorrt-10.16.1.11-strongly-typed"
