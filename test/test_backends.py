@@ -237,6 +237,23 @@ def test_fp32_norm_copy_keeps_norms_fp32(encoder) -> None:
     assert torch.nn.functional.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0) > 0.99
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_export_keeps_norms_fp32_in_the_graph(encoder, dtype) -> None:
+    """The graph a strongly typed TensorRT network obeys: half-precision matmuls, fp32 LayerNorms."""
+    onnx = pytest.importorskip("onnx")
+    from prune2drive_ros.vlm.backends.export import export_onnx_fp32_norms
+
+    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(export_onnx_fp32_norms(encoder, dtype, CPU)))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    half = onnx.TensorProto.FLOAT16 if dtype == torch.float16 else onnx.TensorProto.BFLOAT16
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert norms and matmuls
+    assert {types[n.input[0]] for n in norms} == {onnx.TensorProto.FLOAT}
+    assert {types[n.input[0]] for n in matmuls} == {half}
+    assert model.graph.input[0].type.tensor_type.elem_type == half
+
+
 # -- CLI -------------------------------------------------------------------------------------------
 def test_build_engine_cli(tiny_model, tmp_path) -> None:
     args = ("build-engine", "--model", str(tiny_model), "--backend", "onnxruntime", "--out", str(tmp_path))
