@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass
 
@@ -97,14 +98,32 @@ def torch_problem(torch_version: str, transformers_version: str | None) -> str |
     return f"too old: {who} needs torch >= {floor} (transformers disables PyTorch below its minimum)"
 
 
+def tensorrt_cuda_problem(torch_cuda: str | None, dist_names: list[str]) -> str | None:
+    """A pip TensorRT built for another CUDA major than torch's (e.g. plain `tensorrt` = cu13 next to a cu12 torch)."""
+    flavours = sorted({int(m.group(1)) for name in dist_names
+                       if (m := re.fullmatch(r"tensorrt[-_]cu(\d+)(?:[-_](?:libs|bindings))?", name.lower()))})
+    if not torch_cuda or not flavours:
+        return None  # a CPU torch, or TensorRT from JetPack / a system install
+    major = int(torch_cuda.split(".")[0])
+    if flavours == [major]:
+        return None
+    return (f"pip TensorRT for CUDA {', '.join(map(str, flavours))} next to torch built for CUDA {torch_cuda}; "
+            f"install tensorrt-cu{major}")
+
+
 def check_tensorrt() -> Check:
+    torch, _ = _import("torch")
+    dists = [d.metadata["Name"] or "" for d in importlib.metadata.distributions()]
+    mismatch = tensorrt_cuda_problem(getattr(getattr(torch, "version", None), "cuda", None), dists)
     mod, err = _import("tensorrt")
     if mod is None:
-        return Check("tensorrt", False, f"not importable ({err}); vision backend falls back to onnxruntime/torch")
+        detail = f"not importable ({err}); vision backend falls back to onnxruntime/torch"
+        return Check("tensorrt", mismatch is not None, f"{mismatch}; {detail}" if mismatch else detail,
+                     warn=mismatch is not None)
     from prune2drive_ros.vlm.backends.tensorrt_backend import version_problem
 
     version = getattr(mod, "__version__", "unknown")
-    problem = version_problem(version)
+    problem = version_problem(version) or mismatch
     if problem:
         return Check("tensorrt", True, f"{problem}; vision backend falls back to onnxruntime/torch", warn=True)
     return Check("tensorrt", True, version)

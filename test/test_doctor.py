@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 
 from prune2drive_ros.discovery import discovery_problem, localhost_discovery_env, ros_distro
-from prune2drive_ros.doctor import torch_problem
+from prune2drive_ros.doctor import tensorrt_cuda_problem, torch_problem
 
 
 def test_distro_from_environment_or_the_rclpy_wheels() -> None:
@@ -54,3 +54,11 @@ def test_doctor_warns_about_discovery_for_the_distro_it_finds() -> None:
     assert line.startswith("[WARN]") and "ROS_LOCALHOST_ONLY=1" in line
     out = run_cli("doctor", "--quiet", env={"ROS_DISTRO": "humble", "ROS_LOCALHOST_ONLY": "1"})
     assert out.returncode == 0 and " dds " not in out.stdout
+
+
+def test_tensorrt_cuda_flavour_must_match_torch() -> None:
+    # `pip install tensorrt` (10.13.3+) brings the CUDA 13 flavour, whatever CUDA torch was built for.
+    assert "tensorrt-cu12" in tensorrt_cuda_problem("12.8", ["tensorrt", "tensorrt_cu13", "tensorrt_cu13_libs"])
+    assert tensorrt_cuda_problem("12.8", ["tensorrt-cu12-bindings", "tensorrt-cu12-libs"]) is None
+    assert tensorrt_cuda_problem(None, ["tensorrt_cu13"]) is None  # CPU torch: nothing to match
+    assert tensorrt_cuda_problem("12.6", ["numpy"]) is None  # JetPack's TensorRT is no pip wheel
