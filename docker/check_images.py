@@ -293,11 +293,14 @@ def check_image(image: Image, uv: str, *, verbose: bool = False) -> Result:
                                      f"(found {own_pins.get(name)}): pip may shadow it with a build that apt's "
                                      "compiled modules (cv2, cv_bridge) cannot use")
     else:
-        locked = dict(system)  # pip cannot uninstall Debian's packages (no RECORD file)
+        # Into the system interpreter: pip resolves as if the Debian packages were upgradable (it
+        # takes the newest of everything it installs) and only then finds it cannot uninstall them.
+        locked = {}
     pins = {**locked, **provided, **external}
     constraints = [f"{n}=={v}" for n, v in pins.items()] + constraint_lines
+    pins_and_apt = {**system, **pins}  # stand-ins: what is in the image before pip runs
 
-    first = _compile(uv, base, requirements, constraints, pins, verbose)
+    first = _compile(uv, base, requirements, constraints, pins_and_apt, verbose)
     remaining = list(requirements)
     while isinstance(first, str):
         result.errors.append(f"pip set does not resolve for Python {base.python} on {base.platform}:\n{first}")
@@ -309,12 +312,15 @@ def check_image(image: Image, uv: str, *, verbose: bool = False) -> Result:
             _static_checks(result, {**pins}, requirements)
             return result
         remaining = [r for r in remaining if r not in dropped]
-        first = _compile(uv, base, remaining, constraints, pins, verbose)
+        first = _compile(uv, base, remaining, constraints, pins_and_apt, verbose)
+    if not image.venv_site_packages:
+        _debian_packages_kept(result, uv, base, remaining, first, system, pins_and_apt, verbose)
     result.resolved = {**pins, **first}
     # The same versions, now with the extras the code needs at run time.
     runtime = [f"{n}[{RUNTIME_EXTRAS[n]}]=={v}" for n, v in first.items() if n in RUNTIME_EXTRAS]
     if runtime:
-        second = _compile(uv, base, runtime, [f"{n}=={v}" for n, v in result.resolved.items()], pins, verbose)
+        second = _compile(uv, base, runtime, [f"{n}=={v}" for n, v in result.resolved.items()], pins_and_apt,
+                          verbose)
         if isinstance(second, str):
             result.errors.append("the resolved versions do not work together at run time "
                                  f"({', '.join(runtime)} with what the image has):\n{second}")
@@ -323,6 +329,21 @@ def check_image(image: Image, uv: str, *, verbose: bool = False) -> Result:
             return result
     _static_checks(result, result.resolved, requirements)
     return result
+
+
+def _debian_packages_kept(result: Result, uv: str, base: Base, requirements: list[str], chosen: dict[str, str],
+                         system: dict[str, str], installed: dict[str, str], verbose: bool) -> None:
+    """pip's picks with Debian's packages held at their versions: unsatisfiable means pip would try to
+    replace one, which fails ("Cannot uninstall ..., RECORD file not found ... installed by debian")."""
+    changed = {n: (system[n], v) for n, v in chosen.items() if n in system and v != system[n]}
+    if not changed:
+        return
+    held = [f"{n}=={v}" for n, v in {**{n: v for n, v in chosen.items() if n not in system}, **system}.items()]
+    again = _compile(uv, base, requirements, held, installed, verbose)
+    if isinstance(again, str):
+        listing = ", ".join(f"{n} {old} -> {new}" for n, (old, new) in sorted(changed.items()))
+        result.errors.append(f"pip would replace Debian's packages in the system Python ({listing}), which it "
+                             f"cannot uninstall; with them held, the newest versions pip picks conflict:\n{again}")
 
 
 def _static_checks(result: Result, resolved: dict[str, str], requirements: list[str]) -> None:
