@@ -357,6 +357,9 @@ def _static_checks(result: Result, resolved: dict[str, str], requirements: list[
             if major not in SUPPORTED_TENSORRT_MAJORS:
                 result.errors.append(f"{name} {version}: TensorRT {major} is not supported "
                                      f"(the backend supports major {SUPPORTED_TENSORRT_MAJORS})")
+    parts = {n: v for n, v in resolved.items() if re.fullmatch(r"tensorrt-cu\d+-(libs|bindings)", n)}
+    if len(set(parts.values())) > 1:
+        result.errors.append(f"TensorRT libraries and bindings differ: {parts}")
     majors = cuda_majors(resolved, result.image.base.cuda_major if result.image.base else None)
     if len(set(majors.values())) > 1:
         groups = {m: sorted(n for n, mm in majors.items() if mm == m) for m in sorted(set(majors.values()))}

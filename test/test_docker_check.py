@@ -31,10 +31,11 @@ def test_desktop_image_is_read_from_its_requirement_files() -> None:
     assert image.venv_site_packages
     external, main = image.steps
     assert external.index_url == "https://pypi.nvidia.com" and external.no_deps
-    assert check.pins_of(external.requirements) == {"tensorrt-cu12-libs": "10.16.1.11",
-                                                    "tensorrt-cu12-bindings": "10.16.1.11"}
-    # Single source: the image installs exactly the requirement file's lines.
+    # Single source: the image installs exactly the requirement files' lines.
     assert main.requirements == check.read_requirements(REPO / "docker" / "requirements-desktop.txt")
+    libs = check.pins_of(external.requirements)
+    bindings = check.pins_of(main.requirements)
+    assert libs["tensorrt-cu12-libs"] == bindings["tensorrt-cu12-bindings"]  # one TensorRT version
     assert REPO / "docker" / "constraints-noble.txt" in main.constraint_files
     assert check.apt_python(image)["numpy"] == "1.26.4"
 
@@ -59,9 +60,10 @@ def test_legacy_images_are_flagged_without_a_resolver(tmp_path: Path) -> None:
     assert not image.venv_site_packages and not image.overrides_index
     assert "PIP_INDEX_URL" in image.base.problem
     result = check.Result(image)
-    check._static_checks(result, {"tensorrt": "11.4.0.106"}, image.steps[0].requirements)
+    check._static_checks(result, {"tensorrt": "11.4.0.106", "tensorrt-cu12-libs": "10.3.0",
+                                  "tensorrt-cu12-bindings": "10.16.1.11"}, image.steps[0].requirements)
     text = "\n".join(result.errors)
-    assert "metapackage" in text and "TensorRT 11 is not supported" in text
+    assert "metapackage" in text and "TensorRT 11 is not supported" in text and "differ" in text
 
 
 def test_mixed_cuda_majors_are_found() -> None:
