@@ -32,6 +32,8 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        # ros2 run / launch_ros find executables only here; the launcher execs <prefix>/bin/drive_vqa_node.
+        (f"lib/{PACKAGE}", ["resource/drive_vqa_node"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
@@ -63,6 +65,8 @@ setup(
             "onnxruntime>=1.18",
             "uv>=0.5",  # docker/check_images.py resolves the images' pip sets with it
         ],
+        # convert-nuscenes, play and the demo: rosbag2 files and nuScenes tables without a ROS install.
+        "nuscenes": ["rosbags>=0.10", "nuscenes-devkit>=1.1.11"],
         "eval": ["pycocoevalcap>=1.2", "optuna>=3.6", "matplotlib>=3.7", "rosbags>=0.10", "nuscenes-devkit>=1.1.11"],
         # TensorRT 10 only (11 removed the builder flags the weakly typed build uses), in the CUDA
         # flavour of the torch beside it: cu12 for torch <= 2.10 / JetPack 6, cu13 for PyPI's torch 2.11+.

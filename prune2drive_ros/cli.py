@@ -30,6 +30,28 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Top-level module -> the setup.py extra that installs it, for a one-line hint when a command lacks it.
+EXTRA_OF_MODULE: dict[str, str] = {
+    "rosbags": "nuscenes",
+    "nuscenes": "nuscenes",
+    "rclpy": "ros",
+    "sensor_msgs": "ros",
+    "std_msgs": "ros",
+    "diagnostic_msgs": "ros",
+    "optuna": "eval",
+    "matplotlib": "eval",
+    "pycocoevalcap": "eval",
+}
+
+
+def missing_dependency_message(command: str, exc: ModuleNotFoundError) -> str:
+    missing = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(missing)
+    fix = (f"install the '{extra}' extra: pip install \".[{extra}]\" in the prune2drive_ros checkout" if extra
+           else f"pip install {missing}")
+    return f"prune2drive {command}: the Python package {missing!r} is not installed; {fix}"
+
+
 def _available(module: str) -> bool:
     """Whether ``module`` ships in this build, without importing it (or its heavy parents)."""
     parts = module.split(".")
@@ -69,15 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, help_text = SUBCOMMANDS[name]
     if not _available(module_name):
         parser.error(f"command {name!r} is not available in this build")
-    module = importlib.import_module(module_name)
-    sub_parser = argparse.ArgumentParser(prog=f"prune2drive {name}", description=help_text)
-    module.add_arguments(sub_parser)
-    args = sub_parser.parse_args(rest)
     try:
+        module = importlib.import_module(module_name)
+        sub_parser = argparse.ArgumentParser(prog=f"prune2drive {name}", description=help_text)
+        module.add_arguments(sub_parser)
+        args = sub_parser.parse_args(rest)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] == "prune2drive_ros":
+            raise  # a broken install, not a missing optional dependency
+        print(f"error: {missing_dependency_message(name, exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

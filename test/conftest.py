@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,54 @@ def tiny_qwen_model(tmp_path_factory) -> Path:
     from prune2drive_ros.vlm.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), text_arch="qwen2", fmt="hf")
+
+
+# What setup.py needs to build the package; copied so that parallel runs never share a build/ folder.
+_BUILD_INPUTS = ["setup.py", "setup.cfg", "pyproject.toml", "package.xml", "README.md", "resource", "launch", "config",
+                 "prune2drive_ros"]
+
+
+@dataclass(frozen=True)
+class InstalledPackage:
+    """prune2drive_ros installed non-editable under its own prefix: the layout ``ros2 launch``/``run`` read."""
+
+    prefix: Path  # holds share/ament_index, share/prune2drive_ros and lib/prune2drive_ros
+    site: Path  # where its Python package went
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a shell where this install is on the ament and Python paths."""
+        env = dict(os.environ)
+        # ros2-cli's .pth hook sets AMENT_PREFIX_PATH=sys.prefix only when it is unset; keep what it or a
+        # sourced ROS install would give, behind this prefix.
+        env["AMENT_PREFIX_PATH"] = os.pathsep.join([str(self.prefix), os.environ.get("AMENT_PREFIX_PATH") or sys.prefix])
+        # Ahead of an editable install of the same package (its finder comes after sys.path).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.site), os.environ.get("PYTHONPATH")]))
+        # This interpreter's scripts (ros2 from ros2-cli) even when the venv is not activated.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(scope="session")
+def installed_package(tmp_path_factory) -> InstalledPackage:
+    """``pip install --no-deps .`` (not editable) of this checkout into a temporary prefix, once per run."""
+    src = tmp_path_factory.mktemp("p2d-src")
+    for name in _BUILD_INPUTS:
+        path = REPO / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        elif path.exists():
+            shutil.copy2(path, src / name)
+    prefix = tmp_path_factory.mktemp("p2d-prefix")
+    # --ignore-installed: without it pip uninstalls the venv's own copy of the package (editable or not).
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
+         "--no-compile", "--ignore-installed", "--prefix", str(prefix), str(src)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    # The scheme decides the exact folders (lib/python3.X/site-packages, Debian's local/.../dist-packages).
+    marker = next(prefix.rglob("share/ament_index/resource_index/packages/prune2drive_ros"))
+    init = next(prefix.rglob("prune2drive_ros/__init__.py"))
+    return InstalledPackage(prefix=marker.parents[4], site=init.parents[1])

@@ -100,9 +100,10 @@ def test_compare_report(dataset, tmp_path):
     _run(dataset, tmp_path / "tfps-r0.1")
     table, plot = write_report([tmp_path / "none", tmp_path / "tfps-r0.1"], tmp_path / "report")
     text = table.read_text()
-    assert "| Method | Retain | K | Tokens/view | FLOPs | Prefill speed-up | Acc | GPT | Match |" in text
+    assert "| Method | Retain | K | Tokens/view | FLOPs | Prefill/keyframe speed-up | Acc | GPT | Match | Match F1 |" in text
     assert "| tfps | 0.1 | 1 | 72 | 13.0% | 1.00x |" in text and "| none | 1.0 | – |" in text
-    assert "partial final score" in text
+    assert "partial final score (no GPT judge): without 0.4*GPT/100 + 0.1*MatchGPT/100; 12 of 12 questions scored" in text
+    assert "RANDOM" not in text  # a stand-in runner, not a random checkpoint
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads((tmp_path / "report" / "comparison.json").read_text())
     assert [r["method"] for r in rows] == ["none", "tfps"]
@@ -117,3 +118,13 @@ def test_keyframe_without_questions_is_skipped(dataset, tmp_path):
     frames[1] = replace(frames[1], questions=())
     doc, runner = _run(replace(dataset, keyframes=tuple(frames)), tmp_path)
     assert runner.calls == 2 and doc["counts"]["questions"] == 8
+
+
+def test_progress_bar_counts_keyframes_in_plain_units(dataset, capsys):
+    from prune2drive_ros.eval.engine import answer_keyframes
+
+    answer_keyframes(FakeRunner(), dataset.keyframes, lambda *_: None, progress=True)
+    bar = capsys.readouterr().err
+    assert "3/3" in bar and "questions=" in bar and "/s" in bar
+    assert "keyframe/s" in bar or "s/keyframe" in bar
+    assert "kf/s" not in bar  # tqdm's "1.10kf/s" read as kilo-frames per second

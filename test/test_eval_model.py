@@ -18,6 +18,7 @@ from conftest import REPO
 from test_eval_support import make_drivelm
 
 from prune2drive_ros.cli import main as cli
+from prune2drive_ros.pruning.budgets import view_budgets
 
 FAST = ["--max-new-tokens", "4", "--no-progress"]
 COMPARED = (
@@ -27,8 +28,10 @@ COMPARED = (
     "rouge_l",
     "cider",
     "match",
+    "match_f1",
     "language_score",
     "final_score",
+    "ci95",
     "flops_ratio",
     "kept_per_view",
 )
@@ -73,8 +76,21 @@ def test_eval_outputs(single):
     assert set(m["latency_ms"]) >= {"preprocess", "vision", "prune", "prefill", "decode", "total"}
     assert set(m["latency_ms"]["prefill"]) == {"p50", "p90"}
     assert m["gpt"] is None and m["final_score_partial"] is True
-    assert m["run"]["pruning"] == "tfps" and m["run"]["retain"] == 0.1
+    assert m["run"]["pruning"] == "tfps" and m["run"]["retain"] == 0.1 and m["run"]["prune_layer"] == 1
+    assert m["run"]["model_weights"]["weights"] == "random"  # the tiny test model: its scores mean nothing
+    assert m["rules"] == "official" and set(m["ci95"]) >= {"accuracy", "language_score", "final_score"}
     assert len((single / "answers.jsonl").read_text().splitlines()) == 12
+
+
+def test_eval_console_says_random_weights(eval_args, single, capsys):
+    # A finished folder is rescored without the model: here under the lenient rules.
+    assert cli([*eval_args, "--out", str(single), "--rules", "lenient", "--bootstrap", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert "RANDOM WEIGHTS" in err and "meaningless" in err
+    assert "[lenient rules]" in out and "PARTIAL" in out
+    assert _metrics(single)["rules"] == "lenient"
+    assert cli([*eval_args, "--out", str(single)]) == 0  # back to the defaults for the other tests
+    assert _metrics(single)["rules"] == "official"
 
 
 def test_resumed_eval_equals_uninterrupted(eval_args, single, tmp_path, monkeypatch):
@@ -124,16 +140,28 @@ def test_torchrun_two_ranks_equals_single_process(eval_args, single, tmp_path):
     assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == 12
 
 
-def test_compare_methods(eval_args, tmp_path):
-    compare = ["--compare", "none,tfps,divprune", "--compare-retain", "0.1,0.5"]
+def test_compare_methods(eval_args, tmp_path, capsys):
+    """The test bed's study command: every method at retain 0.1 and 0.25, with intervals and the plot."""
+    methods = ("none", "tfps", "divprune", "fastv", "mvpruner", "random", "pool")
+    compare = ["--compare", ",".join(methods), "--compare-retain", "0.1,0.25", "--bootstrap", "200"]
     assert cli([*eval_args, "--out", str(tmp_path), "--limit", "4", *compare]) == 0
     runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert runs == ["divprune-r0.1", "divprune-r0.5", "none", "tfps-r0.1", "tfps-r0.5"]
+    assert runs == sorted(["none"] + [f"{m}-r{r}" for m in methods[1:] for r in ("0.1", "0.25")])
     table = (tmp_path / "comparison.md").read_text()
+    assert table.splitlines()[2].startswith("> **RANDOM WEIGHTS")  # the tiny model's scores rank noise
     assert "| none | 1.0 | – | 729 | 100.0% | 1.00x |" in table  # the dense run against itself
-    assert "| tfps | 0.5 | 1 |" in table
-    assert "| divprune | 0.1 | 0 |" in table  # DivPrune selects before the LLM
+    assert "| tfps | 0.25 | 1 |" in table
+    assert "| divprune | 0.1 | 0 |" in table  # DivPrune selects before the LLM, as `eval --pruning divprune` does
+    assert "4 of 4 questions scored" in table or "3 of 4 questions scored" in table
+    rows = json.loads((tmp_path / "comparison.json").read_text())
+    assert len(rows) == 13 and all(r["final_score_partial"] for r in rows)
+    for r in rows:
+        lo, hi = r["ci95"]["final_score"]
+        assert lo - 1e-9 <= r["final_score"] <= hi + 1e-9
+        assert r["flops_ratio"] is not None and r["accuracy"] is not None and r["language_score"] is not None
     assert (tmp_path / "quality_vs_flops.png").stat().st_size > 1000
+    out, err = capsys.readouterr()
+    assert "RANDOM WEIGHTS" in err and "| Method | Retain | K |" in out  # the table is printed too
 
 
 def test_two_optimize_workers_share_one_sqlite_study(tiny_model, data, tmp_path):
@@ -175,7 +203,29 @@ def test_two_optimize_workers_share_one_sqlite_study(tiny_model, data, tmp_path)
         params = yaml.safe_load((out / "view_ratios.yaml").read_text())["/**"]["ros__parameters"]
         assert params["pruning_method"] == "tfps" and len(params["view_ratios"]) == 6
         assert all(0.1 <= r <= 1.0 for r in params["view_ratios"])
+        # The node's budget rule maps the written ratios back to the best trial's kept tokens exactly.
+        best_budgets = json.loads((out / "study.json").read_text())["budgets"]
+        assert view_budgets(729, view_ratios=params["view_ratios"]) == best_budgets
         assert (out / "search.png").stat().st_size > 1000 and (out / "view_ratios.png").stat().st_size > 1000
     best = study.best_trial
     summary = json.loads((tmp_path / "w1" / "study.json").read_text())
     assert summary["completed_trials"] >= 1 and set(summary["view_ratios"]) == set(best.params)
+
+
+def test_optimize_workers_option_sets_threads_per_worker(tiny_model, data, tmp_path):
+    """``--workers 2`` on one machine: two processes share the study, each with half the cores."""
+    import optuna
+
+    drivelm, dataroot = data
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    cmd = [sys.executable, "-m", "prune2drive_ros.cli", "optimize", "--model", str(tiny_model), "--drivelm", str(drivelm),
+           "--dataroot", str(dataroot), "--trials", "3", "--limit", "2", "--max-new-tokens", "2", "--no-progress",
+           "--workers", "2", "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert f"2 worker(s), {threads} torch threads each" in result.stdout
+    study = optuna.load_study(study_name="prune2drive-view-ratios", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert 3 <= len(done) <= 4 and {t.user_attrs["torch_threads"] for t in done} == {threads}
+    assert "RANDOM WEIGHTS" in result.stderr and "RANDOM WEIGHTS" in (tmp_path / "view_ratios.yaml").read_text()

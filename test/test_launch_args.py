@@ -3,8 +3,8 @@
 
 A user types ``retain:=1`` for 1.0. The launch file reads launch arguments as YAML, so ``1`` arrives as
 an integer; the node must take it as the double it is and stay up (configured and active), not die
-with ``InvalidParameterTypeException``. Runs the real ``ros2 launch`` on an install prefix laid out as
-colcon / a non-editable install lays it out (ament index, share/, lib/<package>/).
+with ``InvalidParameterTypeException``. Runs the real ``ros2 launch`` on a non-editable install of the
+package (the ``installed_package`` fixture: ament index, share/, lib/<package>/).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("launch_ros", reason="needs the ROS 2 command line (../shared/ros2-cli/install.sh VENV "
                                          "or a sourced ROS 2 install)")
 
-from conftest import REPO, wait_for
+from conftest import wait_for
 from lifecycle_msgs.srv import GetState
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import GetParameters
@@ -42,25 +42,6 @@ INTEGER_FOR_DOUBLE = {
 }
 
 
-@pytest.fixture(scope="module")
-def prefix(tmp_path_factory) -> Path:
-    """An install prefix for this checkout: what `ros2 launch` looks up through AMENT_PREFIX_PATH."""
-    root = tmp_path_factory.mktemp("prefix")
-    index = root / "share" / "ament_index" / "resource_index" / "packages"
-    index.mkdir(parents=True)
-    (index / PACKAGE).write_text("")
-    share = root / "share" / PACKAGE
-    shutil.copytree(REPO / "launch", share / "launch")
-    shutil.copytree(REPO / "config", share / "config")
-    shutil.copy(REPO / "package.xml", share / "package.xml")
-    lib = root / "lib" / PACKAGE
-    lib.mkdir(parents=True)
-    exe = lib / "drive_vqa_node"
-    exe.write_text(f"#!{sys.executable}\nfrom prune2drive_ros.ros.node import main\nmain()\n")
-    exe.chmod(0o755)
-    return root
-
-
 def ros2() -> str:
     found = shutil.which("ros2", path=str(Path(sys.executable).parent)) or shutil.which("ros2")
     if found is None:
@@ -68,12 +49,12 @@ def ros2() -> str:
     return found
 
 
-def test_integer_values_for_double_parameters_through_the_launch_file(tiny_model, prefix, tmp_path) -> None:
+def test_integer_values_for_double_parameters_through_the_launch_file(tiny_model, installed_package, tmp_path) -> None:
     args = [ros2(), "launch", PACKAGE, "drive_vqa.launch.py", f"node_name:={NODE}", f"model:={tiny_model}",
             "vision_backend:=torch", "device:=cpu", "dtype:=float32", "max_new_tokens:=4"]
     args += [f"{name}:={typed}" for name, (typed, _) in INTEGER_FOR_DOUBLE.items()]
     log = tmp_path / "launch.log"
-    env = {**os.environ, "AMENT_PREFIX_PATH": os.pathsep.join([str(prefix), sys.prefix]), "PYTHONUNBUFFERED": "1"}
+    env = installed_package.env()
     with log.open("w") as out:
         # Own process group: SIGINT to the group is Ctrl-C on `ros2 launch`.
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import re
+import shlex
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -122,24 +125,104 @@ def test_launch_arguments_map_to_yaml_parameters() -> None:
     assert not missing, f"launch arguments without a parameter in the YAML: {missing}"
 
 
-def test_launch_description_runs_where_launch_ros_exists() -> None:
-    pytest.importorskip("launch_ros", reason="launch_ros comes with a system ROS 2 install")
+def test_non_editable_install_has_the_layout_ros_tools_read(installed_package) -> None:
+    prefix = installed_package.prefix
+    assert (prefix / "share/ament_index/resource_index/packages/prune2drive_ros").is_file()
+    share = prefix / "share/prune2drive_ros"
+    assert (share / "package.xml").read_text() == (REPO / "package.xml").read_text()
+    assert (share / "launch/drive_vqa.launch.py").is_file()
+    assert (share / "config/drive_vqa.yaml").read_text() == PARAMS_FILE.read_text()
+    # ros2 run / launch_ros list <prefix>/lib/<package>/ and run what is executable there.
+    executables = [p.name for p in (prefix / "lib/prune2drive_ros").iterdir() if os.access(p, os.X_OK)]
+    assert executables == ["drive_vqa_node"]
+
+
+def test_lib_launcher_hands_over_to_the_console_script(installed_package, tmp_path) -> None:
+    """lib/prune2drive_ros/drive_vqa_node execs <prefix>/bin/drive_vqa_node with the same arguments and PID."""
+    launcher = installed_package.prefix / "lib/prune2drive_ros/drive_vqa_node"
+    assert os.access(installed_package.prefix / "bin/drive_vqa_node", os.X_OK)
+    # The same launcher in a prefix whose console script reports what it was given.
+    (tmp_path / "lib/prune2drive_ros").mkdir(parents=True)
+    (tmp_path / "bin").mkdir()
+    copy = tmp_path / "lib/prune2drive_ros/drive_vqa_node"
+    copy.write_bytes(launcher.read_bytes())
+    copy.chmod(0o755)
+    console = tmp_path / "bin/drive_vqa_node"
+    console.write_text('#!/bin/sh\necho "pid=$$ args=$*"\n')
+    console.chmod(0o755)
+    proc = subprocess.Popen([str(copy), "--ros-args", "-p", "retain:=0.2"], stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert out.strip() == f"pid={proc.pid} args=--ros-args -p retain:=0.2"  # exec: Ctrl-C reaches the node
+    console.unlink()
+    out = subprocess.run([str(copy)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 127
+    assert "missing; reinstall prune2drive_ros" in out.stderr
+
+
+def test_launch_description_runs_where_launch_ros_exists(installed_package, monkeypatch) -> None:
+    pytest.importorskip("launch_ros", reason="launch_ros comes with the ROS 2 CLI (../shared/ros2-cli/install.sh "
+                                             "VENV) or a ROS 2 install")
     import importlib.util
 
     from launch import LaunchContext
 
-    spec = importlib.util.spec_from_file_location("drive_vqa_launch", LAUNCH_FILE)
+    # The installed launch file, found the way ros2 launch finds it: through the ament index.
+    monkeypatch.setenv("AMENT_PREFIX_PATH", installed_package.env()["AMENT_PREFIX_PATH"])
+    share = installed_package.prefix / "share/prune2drive_ros"
+    spec = importlib.util.spec_from_file_location("drive_vqa_launch", share / "launch/drive_vqa.launch.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
-    names = {a.name for a in description.get_launch_arguments()}
-    assert set(_launch_overrides()) <= names
+    arguments = {a.name: a for a in description.get_launch_arguments()}
+    assert set(_launch_overrides()) <= set(arguments)
     context = LaunchContext()
-    for arg in description.get_launch_arguments():
+    for arg in arguments.values():
         arg.visit(context)
+    assert context.launch_configurations["params_file"] == str(share / "config/drive_vqa.yaml")
     context.launch_configurations["retain"] = "0.25"
     nodes = description.entities[-1].execute(context)
-    assert nodes and nodes[0].node_executable == "drive_vqa_node"
+    assert nodes and nodes[0].node_package == "prune2drive_ros"
+    assert nodes[0].node_executable == "drive_vqa_node"
+
+
+# The ros2 command forms test/test_ros2_cli.py runs through the real CLI; the README may show only these,
+# plus what needs a system ROS 2 install (no rosbag2 in the pip world) where it says so.
+CLI_TESTED = {("launch",), ("run",), ("topic", "echo"), ("topic", "pub"), ("param", "get"), ("param", "set"),
+              ("lifecycle", "get"), ("lifecycle", "set"), ("node", "list"), ("daemon", "stop")}
+SYSTEM_ROS_ONLY = {("bag", "play")}
+
+
+def _readme_ros2_commands() -> list[list[str]]:
+    text = (REPO / "README.md").read_text()
+    lines = [line.split(" #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+             for line in block.splitlines()]
+    commands = [line for line in lines if line.startswith("ros2 ")] + re.findall(r"`(ros2 [^`]*)`", text)
+    return [shlex.split(command) for command in commands]
+
+
+def test_readme_shows_only_ros2_commands_the_cli_tests_run() -> None:
+    commands = _readme_ros2_commands()
+    assert len(commands) >= 10
+    for words in commands:
+        form = tuple(words[1:2]) if words[1] in ("launch", "run") else tuple(words[1:3])
+        assert form in CLI_TESTED | SYSTEM_ROS_ONLY, " ".join(words)
+        if form == ("launch",) and len(words) > 2:
+            assert words[2:4] == ["prune2drive_ros", "drive_vqa.launch.py"], " ".join(words)
+        if form == ("run",) and len(words) > 2:
+            assert words[2:4] == ["prune2drive_ros", "drive_vqa_node"], " ".join(words)
+        if form in {("topic", "echo"), ("topic", "pub")}:
+            # Without a type, echo fails until the publisher has been discovered.
+            args = [w for w in words[3:] if not w.startswith("-")]
+            assert not args or (len(args) >= 2 and "/msg/" in args[1]), f"give the message type: {' '.join(words)}"
+
+
+def test_readme_never_pairs_an_editable_install_with_ros2_launch() -> None:
+    # An editable install has no ament index entry, share/ or lib/: ros2 launch / run cannot find it.
+    for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        if re.search(r"^ros2 (launch|run) ", block, re.M):
+            commands = [line.split(" #")[0] for line in block.splitlines()]
+            assert not [c for c in commands if re.search(r"pip install (.* )?(-e|--editable) ", c)], block
 
 
 def test_dockerfiles_lint_clean(repo: Path) -> None:

@@ -29,11 +29,13 @@ import numpy as np
 
 from prune2drive_ros.cameras import NUM_CAMERAS
 from prune2drive_ros.data.drivelm import DriveLMSet, KeyFrame, load_drivelm
+from prune2drive_ros.eval.bootstrap import DEFAULT_RESAMPLES
 from prune2drive_ros.eval.distributed import Ranks
 from prune2drive_ros.eval.files import AnswerLog, read_jsonl, write_json
 from prune2drive_ros.eval.options import runner_settings
 from prune2drive_ros.eval.scoring import metrics_document, score
 from prune2drive_ros.eval.submission import write_submission
+from prune2drive_ros.eval.weights import weights_info
 
 ANSWER_SETTINGS = ("model", "pruning", "retain", "view_ratios", "prune_layer", "max_new_tokens")
 """Settings that change the answers; a folder's answers are only resumed under the same ones."""
@@ -104,7 +106,8 @@ def answer_keyframes(
     """Answer each keyframe's questions in one ``runner.answer`` call (they share the visual prefix)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(keyframes), unit="kf", desc=desc, disable=not progress, dynamic_ncols=True)
+    # "keyframe", not "kf": tqdm prints "1.10kf/s", which reads as kilo-somethings per second.
+    bar = tqdm(total=len(keyframes), unit="keyframe", desc=desc, disable=not progress, dynamic_ncols=True)
     start, answered = time.perf_counter(), 0
     try:
         for kf, views in _prefetched(keyframes):
@@ -114,7 +117,7 @@ def answer_keyframes(
             on_answers(kf, [_record(kf, q.id, q.question, a) for q, a in zip(kf.questions, answers, strict=True)])
             answered += len(answers)
             bar.update(1)
-            bar.set_postfix(q_per_s=f"{answered / (time.perf_counter() - start):.2f}", refresh=False)
+            bar.set_postfix(questions=f"{answered / (time.perf_counter() - start):.2f}/s", refresh=False)
     finally:
         bar.close()
 
@@ -215,11 +218,13 @@ def evaluate(
     ranks: Ranks | None = None,
     judge: Any = None,
     progress: bool = True,
+    rules: str = "official",
+    resamples: int = DEFAULT_RESAMPLES,
 ) -> dict[str, Any] | None:
     """Answer what is not done yet, merge, score; the metrics document on rank 0, None elsewhere.
 
     ``make_runner`` is called only when this rank has keyframes left, so a finished run rescored
-    never loads the model.
+    (with other ``rules``, say) never loads the model.
     """
     ranks = ranks or Ranks()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +249,7 @@ def evaluate(
         answer_keyframes(runner, todo, save, progress=progress and ranks.is_main, desc=desc)
 
     gathered = ranks.gather(_complete_sets(latest, dataset.keyframes))
-    doc = _finish(dataset, gathered, out_dir, settings, judge) if ranks.is_main else None
+    doc = _finish(dataset, gathered, out_dir, settings, judge, rules, resamples) if ranks.is_main else None
     ranks.barrier()
     if not ranks.is_main:
         # Rank 0's answers.jsonl holds every answer now; a log on a machine of its own is done with.
@@ -258,6 +263,8 @@ def _finish(
     out_dir: Path,
     settings: Mapping[str, Any],
     judge: Any,
+    rules: str = "official",
+    resamples: int = DEFAULT_RESAMPLES,
 ) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     for kf in dataset.keyframes:
@@ -275,9 +282,12 @@ def _finish(
 
     entries = ({"id": r["id"], "question": r["question"], "answer": r["answer"]} for r in records)
     write_submission(out_dir / "submission.json", entries)
-    quality = score(dataset.questions(), {r["id"]: r["answer"] for r in records}, judge)
+    quality = score(dataset.questions(), {r["id"]: r["answer"] for r in records}, judge, rules=rules, resamples=resamples)
     stats = run_stats(records)
-    doc = metrics_document(quality, stats, {**settings, "questions": len(records), "keyframes": len(dataset)})
+    run = {**settings, "questions": len(records), "keyframes": len(dataset)}
+    if "model" in settings:
+        run["model_weights"] = weights_info(settings["model"])
+    doc = metrics_document(quality, stats, run)
     doc["visual_tokens"] = stats["visual_tokens"]
     write_json(out_dir / "metrics.json", doc)
     return doc
@@ -314,6 +324,8 @@ def _evaluate_args(args: argparse.Namespace, judge: Any, ranks: Ranks, dataset: 
         ranks=ranks,
         judge=judge,
         progress=not args.no_progress,
+        rules=args.rules,
+        resamples=args.bootstrap,
     )
     if doc is not None:
         from prune2drive_ros.eval.run import print_summary
@@ -341,8 +353,9 @@ def compare_runs(args: argparse.Namespace) -> list[tuple[str, argparse.Namespace
     """(folder name, settings) of every method x retain ratio that ``--compare`` asks for.
 
     ``none`` runs once (all tokens). With ``--view-ratios`` each pruning method runs once with those
-    per-camera ratios instead of the ``--compare-retain`` list. DivPrune selects before the LLM by
-    definition (DESIGN.md §3), so it runs at layer 0 whatever ``--prune-layer`` says.
+    per-camera ratios instead of the ``--compare-retain`` list. Each method runs at the layer that
+    ``eval --pruning METHOD`` uses (``options.default_prune_layer`` unless ``--prune-layer`` is given),
+    so a method's name means one setting in both.
     """
     methods = [m.strip() for m in args.compare.split(",") if m.strip()]
     retains = [float(r) for r in str(args.compare_retain).split(",") if r.strip()]
@@ -357,8 +370,6 @@ def compare_runs(args: argparse.Namespace) -> list[tuple[str, argparse.Namespace
         for name, retain, ratios in settings:
             sub = argparse.Namespace(**vars(args))
             sub.pruning, sub.retain, sub.view_ratios, sub.out, sub.compare = method, retain, ratios, args.out / name, None
-            if method == "divprune":
-                sub.prune_layer = 0
             runs.append((name, sub))
     return runs
 
@@ -377,6 +388,7 @@ def compare_cli(args: argparse.Namespace, judge: Any = None) -> int:
             from prune2drive_ros.eval.report import write_report
 
             table, plot = write_report([sub.out for _, sub in runs], args.out)
+            print(table.read_text(encoding="utf-8"))
             print(f"wrote {table} and {plot}")
     finally:
         ranks.close()

@@ -7,8 +7,18 @@ import re
 from typing import Any
 
 from prune2drive_ros.cameras import NUM_CAMERAS
+from prune2drive_ros.eval.bootstrap import DEFAULT_RESAMPLES
 
 PRUNING_METHODS = ("none", "tfps", "divprune", "fastv", "pool", "random", "mvpruner")
+DEFAULT_PRUNE_LAYER = 1
+"""Prune2Drive's K: T-FPS selects on the output of the first decoder layer (DESIGN.md §3)."""
+METHOD_PRUNE_LAYER = {"divprune": 0}
+"""Methods defined at another layer: DivPrune selects on the vision embeddings, before the LLM."""
+
+
+def default_prune_layer(method: str) -> int:
+    """The layer K a method prunes at when ``--prune-layer`` is not given (same for eval, --compare, optimize)."""
+    return METHOD_PRUNE_LAYER.get(method, DEFAULT_PRUNE_LAYER)
 
 
 def parse_view_ratios(values: list[str] | str | None) -> list[float] | None:
@@ -34,7 +44,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_ratios: bool = 
         g.add_argument(
             "--view-ratios", nargs="+", metavar="R", help="six per-camera ratios in camera order (overrides --retain)"
         )
-    g.add_argument("--prune-layer", type=int, default=1, help="decoder layer K at which tokens are pruned (default 1)")
+    g.add_argument(
+        "--prune-layer",
+        type=int,
+        default=None,
+        help="decoder layer K at which tokens are pruned (default: 1; 0 for divprune, which prunes before the LLM)",
+    )
     g.add_argument(
         "--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present; under torchrun cuda:LOCAL_RANK)"
     )
@@ -42,6 +57,25 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_ratios: bool = 
     g.add_argument("--vision-backend", default="torch", help="torch | onnxruntime | tensorrt (default torch)")
     g.add_argument("--engine-dir", default=None, help="vision engine cache folder")
     g.add_argument("--max-new-tokens", type=int, default=64)
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("scoring")
+    g.add_argument(
+        "--rules",
+        choices=("official", "lenient"),
+        default="official",
+        help="official: DriveLM challenge/evaluation.py (exact-match accuracy, camera-blind point match averaged "
+        "with the judge, questions on unmatched objects skipped); lenient: option letters parsed from free text, "
+        "same-camera point F1, every question scored (default official)",
+    )
+    g.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        metavar="N",
+        help="bootstrap resamples over questions for the 95%% intervals (seeded; 0 = none; default 1000)",
+    )
 
 
 def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +100,7 @@ def runner_settings(args: argparse.Namespace, view_ratios: list[float] | None = 
         "pruning": args.pruning,
         "retain": args.retain,
         "view_ratios": ratios,
-        "prune_layer": args.prune_layer,
+        "prune_layer": args.prune_layer if args.prune_layer is not None else default_prune_layer(args.pruning),
         "device": args.device,
         "dtype": args.dtype,
         "vision_backend": args.vision_backend,

@@ -56,22 +56,31 @@ def _looks_like_path(model: str) -> bool:
 
 
 def resolve_model_folder(model: str | Path) -> Path:
-    """A local folder for ``model``; a hub id resolves through the local Hugging Face cache only if offline."""
+    """A local folder for ``model``: a folder, or a hub id from the local Hugging Face cache; a hub id not
+    in the cache is downloaded unless ``HF_HUB_OFFLINE`` is set. Failures are one line, with the fix."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
     if isinstance(model, Path) or _looks_like_path(str(model)):
         raise FileNotFoundError(f"model path {path} does not exist; pass a checkpoint folder or a hub id")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
+    patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
+    try:  # the cache first: a car is usually offline, and a cached model must not wait on the network
+        return Path(snapshot_download(str(model), allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError and friends)
+        pass
+    fix = f"download it first (`hf download {model}`) or pass a checkpoint folder"
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"model {model!r} is not a local folder and not in the Hugging Face cache "
+                                f"(HF_HUB_OFFLINE is set); {fix}")
     try:
-        return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt",
-                                                                   "*.model"]))
+        return Path(snapshot_download(str(model), allow_patterns=patterns))
     except Exception as exc:
-        raise FileNotFoundError(
-            f"model {model!r} is not a local folder and could not be fetched from the hub cache ({exc}); "
-            "download it first or pass a folder"
-        ) from exc
+        # Connection errors span many lines (every retry, the whole URL); the first says what happened.
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise FileNotFoundError(f"model {model!r} is not a local folder, not in the Hugging Face cache, and could "
+                                f"not be downloaded ({type(exc).__name__}: {first}); {fix}") from None
 
 
 def _eos_ids(generation, tokenizer) -> list[int]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -168,9 +170,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-arch", choices=["llama", "qwen2"], default="llama")
     parser.add_argument("--format", dest="fmt", choices=["hf", "llava-next"], default="hf")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace DST if it already holds a checkpoint")
+
+
+def _make_room(dst: Path, force: bool) -> str | None:
+    """Clear ``dst`` for a new checkpoint; the reason it cannot be, or None."""
+    if not dst.exists() or (dst.is_dir() and not any(dst.iterdir())):
+        return None
+    if not force:
+        return f"{dst} exists and is not empty; pass --force to replace it"
+    # --force replaces a checkpoint (config.json and plain files), never an arbitrary folder given by mistake.
+    if not (dst.is_dir() and (dst / "config.json").is_file() and all(p.is_file() for p in dst.iterdir())):
+        return f"{dst} exists and is not a checkpoint folder; not deleting it, even with --force"
+    shutil.rmtree(dst)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
+    problem = _make_room(args.dst, args.force)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     path = make_tiny_model(args.dst, text_arch=args.text_arch, fmt=args.fmt, seed=args.seed)
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     print(f"wrote a tiny {args.text_arch} checkpoint ({args.fmt}, {size / 2**20:.1f} MiB) to {path}")
