@@ -43,7 +43,7 @@ setup(
         # Ranges, not pins: users bring the torch build that matches their CUDA / JetPack.
         # torch 2.6: transformers 5.20+ (what Python 3.10 resolves to) disables PyTorch below it.
         "torch>=2.6",
-        "transformers>=5.0,<6",
+        "transformers>=5.0,<6",  # the lower bound is tested in CI (.ci/run: LOWEST_TRANSFORMERS)
         "safetensors>=0.4",
         "tokenizers>=0.20",
         "opencv-python-headless>=4.8",

@@ -25,14 +25,14 @@ def _images(seed: int = 0, h: int = 90, w: int = 160) -> list[np.ndarray]:
 def _hf_generate(runner: VLMRunner, images, question: str) -> list[int]:
     """transformers' own generate on the same prompt ids and pixels."""
     suffix = runner.tokenizer(runner.prompt.suffix(question), add_special_tokens=False).input_ids
-    ids = torch.cat([runner.prefix_ids, torch.tensor(suffix)])[None]
+    ids = torch.cat([runner.prefix_ids, torch.tensor(suffix, device=runner.device)])[None]
     pixels = preprocess(images, runner.image_spec, runner.device, runner.dtype)
     out = runner.model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         pixel_values=pixels,
-        image_sizes=torch.tensor([[384, 384]] * 6),
-        batch_num_images=torch.tensor([6]),
+        image_sizes=torch.tensor([[384, 384]] * 6, device=runner.device),
+        batch_num_images=torch.tensor([6], device=runner.device),
         max_new_tokens=MAX_NEW,
         do_sample=False,
         eos_token_id=runner.eos_token_ids,
@@ -72,10 +72,10 @@ def test_pruned_prefill_keeps_budgets_and_cache_holds_only_kept(tiny_model) -> N
     assert answers[0].visual_tokens == 6 * 730
     assert all(k == sorted(set(k)) for k in answers[0].kept_indices)
     assert 0 < answers[0].flops < answers[0].flops_dense
-    cache = runner._prefix[2].cache
+    lengths = runner.prefix.tokens_per_layer
     text_tokens = runner.layout.length - 6 * 729
-    assert cache.prefix_lengths[0] == runner.layout.length  # layer 0 (< K) sees everything
-    assert set(cache.prefix_lengths[1:]) == {text_tokens + 6 * 73}
+    assert lengths[0] == runner.layout.length  # layer 0 (< K) sees everything
+    assert set(lengths[1:]) == {text_tokens + 6 * 73}
 
 
 def test_prefix_is_shared_and_batching_matches_single_questions(tiny_model) -> None:

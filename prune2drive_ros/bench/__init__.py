@@ -1,4 +1,4 @@
-"""``prune2drive bench {pruning,prefill,vision}``: side-by-side benchmarks.
+"""``prune2drive bench {pruning,prefill,decode,vision}``: side-by-side benchmarks.
 
 Each benchmark module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Benchmarks report
 medians and ratios measured in the same run; absolute times are only meaningful on a quiet GPU.
@@ -11,7 +11,8 @@ import importlib
 
 BENCHMARKS = {
     "pruning": ("prune2drive_ros.bench.pruning", "token selection: each method vs the published loop"),
-    "prefill": ("prune2drive_ros.bench.prefill", "dense vs pruned prefill, FLOPs, KV cache, prefix reuse"),
+    "prefill": ("prune2drive_ros.bench.prefill", "time to first token: transformers generate vs ours dense vs pruned"),
+    "decode": ("prune2drive_ros.bench.decode", "ms per token at batch 1 and 8: transformers generate vs ours"),
     "vision": ("prune2drive_ros.bench.vision", "vision encoder backends vs torch eager"),
 }
 

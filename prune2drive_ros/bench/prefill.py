@@ -1,140 +1,106 @@
-"""``prune2drive bench prefill``: dense vs pruned prefill, side by side in one run.
+"""``prune2drive bench prefill``: time to first token, transformers ``generate`` vs ours dense vs ours pruned.
 
-Reports, per retain ratio: median prefill time (visual prefix + one question, pruning included),
-the analytic FLOPs ratio, the measured speed-up against the ideal one the FLOPs allow, and the
-KV-cache bytes of the prefix. Then "8 questions on one frame set" with and without prefix reuse, and
-the analytic FLOPs of the real DriveMM at 72 tokens per view.
-
-Without ``--model`` it builds a random-weight DriveMM-shaped model in memory (Llama dims; on a CPU
-use ``--hidden``/``--ffn``/``--layers`` to shrink it).
+One table, same weights, one run. Per row: time to first token (TTFT) with preprocess + vision, prune
+and prefill (visual prefix + one question) shown separately, the prefill speed-up over ours dense
+(prune included) against the ideal the FLOPs allow, the prefix KV-cache size, how the LLM ran (CUDA
+graphs or eager) and, on a GPU, the fraction of the answer's wall time the GPU was busy (torch.profiler).
+Below the table: whether ours dense produces the same greedy tokens as ``generate`` in this dtype.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import numpy as np
 import torch
 
-from prune2drive_ros.pruning import get_pruner, layer_flops
+from prune2drive_ros.bench.runtime import (
+    QUESTION,
+    Generate,
+    add_model_arguments,
+    build_runner,
+    drivemm_flops_ratio,
+    fmt,
+    gpu_busy,
+    images,
+    median_ms,
+    prefill_flops_ratio,
+)
 
-DRIVEMM = {"hidden": 4096, "ffn": 14336, "layers": 32, "heads": 32, "kv_heads": 8}
-QUESTION = "What are the important objects in the current scene? Those objects will be considered for the future."
-
-
-def drivemm_shaped_runner(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, device, dtype, **kwargs):
-    """A random DriveMM-shaped LLaVA-OneVision (tiny vision tower, Llama text model) wrapped in a runner."""
-    from transformers import LlavaOnevisionForConditionalGeneration
-
-    from prune2drive_ros.vlm import VLMRunner
-    from prune2drive_ros.vlm.loading import resolve_device, resolve_dtype
-    from prune2drive_ros.vlm.preprocess import ImageSpec
-    from prune2drive_ros.vlm.tiny import build_tokenizer, tiny_config
-
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    tokenizer = build_tokenizer()
-    config = tiny_config(tokenizer, "llama")
-    text = config.text_config
-    text.hidden_size, text.intermediate_size, text.num_hidden_layers = hidden, ffn, layers
-    text.num_attention_heads, text.num_key_value_heads, text.head_dim = heads, kv_heads, hidden // heads
-    text.initializer_range = 0.02
-    text._attn_implementation = "sdpa"
-    with torch.device(device):
-        model = LlavaOnevisionForConditionalGeneration(config).to(dtype).eval()
-    eos = [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
-    return VLMRunner(model, tokenizer, ImageSpec(), eos, **kwargs)
-
-
-def _images(seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (900, 1600, 3), dtype=np.uint8) for _ in range(6)]
-
-
-def _prefill_ms(runner, images, repeats: int) -> tuple[float, object]:
-    times, answer = [], None
-    for i in range(repeats):
-        answer = runner.answer(images, QUESTION, frame_key=("bench", time.perf_counter_ns(), i))[0]
-        times.append(answer.timings_ms["prefill"] + answer.timings_ms["prune"])
-    return statistics.median(times), answer
-
-
-def drivemm_flops_ratio(kept_per_view: int = 72, text_tokens: int = 80) -> float:
-    """Analytic prefill FLOPs of the real DriveMM with ``kept_per_view`` patches kept at K=1."""
-    dense = 6 * 730 + text_tokens
-    kept = 6 * (kept_per_view + 1) + text_tokens
-    f = {"hidden": DRIVEMM["hidden"], "ffn": DRIVEMM["ffn"]}
-    return (layer_flops(dense, **f) + (DRIVEMM["layers"] - 1) * layer_flops(kept, **f)) / (
-        DRIVEMM["layers"] * layer_flops(dense, **f))
+AGREEMENT_TOKENS = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="checkpoint (default: random DriveMM-shaped model)")
-    parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: 32 on GPU, 4 on CPU)")
-    parser.add_argument("--hidden", type=int, default=None, help="hidden size (default: 4096 on GPU, 1024 on CPU)")
-    parser.add_argument("--ffn", type=int, default=None, help="FFN size (default: 14336 on GPU, 3584 on CPU)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--pruning", default="tfps")
+    add_model_arguments(parser)
     parser.add_argument("--retain", type=float, nargs="+", default=[0.1, 0.25, 0.5])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--questions", type=int, default=8, help="questions for the prefix-reuse comparison")
-    parser.add_argument("--max-new-tokens", type=int, default=8)
+
+
+def _measure(runner, frames, repeats: int) -> dict:
+    """Median stage times of fresh-frame answers (nothing reused) with one new token."""
+    runs = [runner.answer(frames, QUESTION, frame_key=("bench", runner.plan, i))[0] for i in range(repeats + 1)][1:]
+    stages = {k: statistics.median(a.timings_ms[k] for a in runs) for k in ("preprocess", "vision", "prune", "prefill")}
+    stages["ttft"] = sum(stages.values())
+    stages["answer"] = runs[-1]
+    return stages
 
 
 def run(args: argparse.Namespace) -> int:
-    from prune2drive_ros.vlm import VLMRunner
-
-    gpu = torch.cuda.is_available() and (args.device is None or str(args.device).startswith("cuda"))
-    common = {"max_new_tokens": args.max_new_tokens}
-
-    if args.model:
-        runner = VLMRunner.from_pretrained(args.model, pruning="none", retain=1.0, device=args.device,
-                                           dtype=args.dtype, **common)
-    else:
-        runner = drivemm_shaped_runner(
-            hidden=args.hidden or (DRIVEMM["hidden"] if gpu else 1024),
-            ffn=args.ffn or (DRIVEMM["ffn"] if gpu else 3584),
-            layers=args.layers or (DRIVEMM["layers"] if gpu else 4),
-            heads=DRIVEMM["heads"] if gpu or (args.hidden or 1024) % 32 == 0 else 8,
-            kv_heads=DRIVEMM["kv_heads"], device=args.device, dtype=args.dtype,
-            pruning="none", retain=1.0, **common)
+    runner = build_runner(args, pruning="none", retain=1.0, max_new_tokens=1)
     cfg = runner.model.config.text_config
     print(f"model: {args.model or 'random DriveMM-shaped'}  hidden={cfg.hidden_size} ffn={cfg.intermediate_size} "
-          f"layers={cfg.num_hidden_layers}  device={runner.device} dtype={runner.dtype}")
-    images = _images(0)
-    runner.answer(images, QUESTION)  # warm-up
-    dense_ms, _ = _prefill_ms(runner, images, args.repeats)
-    print(f"\n{'setting':<22}{'prefill ms':>12}{'FLOPs':>9}{'speed-up':>10}{'ideal':>8}{'of ideal':>10}{'KV MiB':>9}")
-    kv_dense = runner._prefix[2].cache.nbytes() / 2**20
-    print(f"{'dense':<22}{dense_ms:>12.1f}{1.0:>9.3f}{1.0:>10.2f}{1.0:>8.2f}{'':>10}{kv_dense:>9.1f}")
-    for retain in args.retain:
-        runner.pruner = get_pruner(args.pruning)  # same weights, so dense and pruned differ only in pruning
-        runner.set_budgets(retain=retain)
-        runner.answer(images, QUESTION)  # warm-up at this size
-        ms, answer = _prefill_ms(runner, images, args.repeats)
-        ideal = 1.0 / answer.flops_ratio
-        kv = runner._prefix[2].cache.nbytes() / 2**20
-        print(f"{args.pruning + f' retain={retain}':<22}{ms:>12.1f}{answer.flops_ratio:>9.3f}{dense_ms / ms:>10.2f}"
-              f"{ideal:>8.2f}{dense_ms / ms / ideal:>10.0%}{kv:>9.1f}")
+          f"layers={cfg.num_hidden_layers}  device={runner.device} dtype={runner.dtype} threads={torch.get_num_threads()}  "
+          f"prompt={runner.layout.length} prefix tokens")
+    frames = images(0)
+    question_tokens = len(runner.tokenizer(runner.prompt.suffix(QUESTION), add_special_tokens=False).input_ids)
+    busy = (lambda fn: None) if args.no_profile else (lambda fn: gpu_busy(fn, runner.device))
 
-    questions = [f"{QUESTION} ({i})" for i in range(args.questions)]
-    runner.set_budgets(retain=args.retain[0])
-    t0 = time.perf_counter()
-    runner.answer(images, questions[0], frame_key="one")
-    one = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    runner.answer(images, questions, frame_key="shared")
-    shared = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i, q in enumerate(questions):
-        runner.answer(images, q, frame_key=("alone", i))
-    alone = time.perf_counter() - t0
-    print(f"\n{args.questions} questions on one frame set (retain {args.retain[0]}, {args.max_new_tokens} new tokens):")
-    print(f"  one question              {one * 1000:10.1f} ms")
-    print(f"  {args.questions} with prefix reuse     {shared * 1000:10.1f} ms  ({shared / one:.2f}x one question)")
-    print(f"  {args.questions} without reuse         {alone * 1000:10.1f} ms  ({alone / one:.2f}x one question)")
-    print(f"\nanalytic DriveMM prefill FLOPs at 72 tokens/view, K=1: {drivemm_flops_ratio():.1%} of dense")
+    header = (f"{'':<24}{'TTFT ms':>9}{'pre+vis':>9}{'prune':>9}{'prefill':>9}{'speed-up':>9}{'ideal':>8}"
+              f"{'of ideal':>9}{'KV MiB':>8}{'GPU busy':>9}  path")
+    lines = [header]
+    generate = Generate(runner, frames)
+    if not args.no_generate:
+        generate.tokens(1)  # warm-up
+        ttft = median_ms(lambda: generate.tokens(1), args.repeats, runner.device)
+        g_busy = busy(lambda: generate.tokens(1))
+        lines.append(f"{'transformers generate':<24}{ttft:>9.1f}{'':>9}{'':>9}{'':>9}{'':>9}{'':>8}{'':>9}{'':>8}"
+                     f"{fmt(g_busy, '.0%')}  eager")
+
+    dense = _measure(runner, frames, args.repeats)
+    dense_work = dense["prune"] + dense["prefill"]
+    kv = runner.prefix.nbytes() / 2**20
+    d_busy = busy(lambda: runner.answer(frames, QUESTION, frame_key=("busy", "dense")))
+    lines.append(f"{'ours dense':<24}{dense['ttft']:>9.1f}{dense['preprocess'] + dense['vision']:>9.1f}"
+                 f"{dense['prune']:>9.1f}{dense['prefill']:>9.1f}{1.0:>9.2f}{1.0:>8.2f}{'':>9}{kv:>8.1f}"
+                 f"{fmt(d_busy, '.0%')}  {dense['answer'].path}")
+    agreement = None
+    if not args.no_generate:
+        runner.max_new_tokens = AGREEMENT_TOKENS
+        ours = runner.answer(frames, QUESTION, frame_key=("agree",))[0].token_ids
+        theirs = generate.tokens(AGREEMENT_TOKENS)[0].tolist()
+        agreement = sum(a == b for a, b in zip(ours, theirs))
+        first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+        runner.max_new_tokens = 1
+
+    runner.set_pruning(args.pruning)
+    for retain in args.retain:
+        runner.set_budgets(retain=retain)
+        pruned = _measure(runner, frames, args.repeats)
+        work = pruned["prune"] + pruned["prefill"]
+        ideal = 1.0 / prefill_flops_ratio(runner, sum(runner.budgets), question_tokens)
+        kv = runner.prefix.nbytes() / 2**20
+        p_busy = busy(lambda: runner.answer(frames, QUESTION, frame_key=("busy", retain)))  # noqa: B023
+        lines.append(f"{f'ours {args.pruning} {retain}':<24}{pruned['ttft']:>9.1f}"
+                     f"{pruned['preprocess'] + pruned['vision']:>9.1f}{pruned['prune']:>9.1f}{pruned['prefill']:>9.1f}"
+                     f"{dense_work / work:>9.2f}{ideal:>8.2f}{dense_work / work / ideal:>9.0%}{kv:>8.1f}"
+                     f"{fmt(p_busy, '.0%')}  {pruned['answer'].path}")
+    print("\n".join(lines))
+    print("speed-up: (prune + prefill) of ours dense / of this row; ideal: dense / pruned prefill FLOPs")
+    if agreement is not None:
+        where = "all equal" if first_diff is None else f"first difference at token {first_diff}"
+        print(f"ours dense vs generate, greedy, {runner.dtype}: {agreement}/{AGREEMENT_TOKENS} tokens equal ({where})")
+    if runner.graphs.capture_ms:
+        print(f"CUDA graph capture: {runner.graphs.capture_ms:.0f} ms in all (warm-up, off the answer path)")
+    print(f"analytic DriveMM prefill FLOPs at 72 tokens/view, K=1: {drivemm_flops_ratio():.1%} of dense")
+    if torch.cuda.is_available():
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     return 0

@@ -274,11 +274,11 @@ class DriveVqaNode(LifecycleNode):
         try:
             # Imported here: torch and transformers take seconds to import, and a broken install must
             # fail this transition with a reason instead of the process.
-            from prune2drive_ros.vlm import VLMRunner
+            from prune2drive_ros.vlm import RunnerConfig, VLMRunner
 
             device, dtype = self._param("device"), self._param("dtype")
-            self._runner = VLMRunner.from_pretrained(
-                model,
+            config = RunnerConfig(
+                model=model,
                 pruning=self._param("pruning_method"),
                 retain=self._param("retain"),
                 view_ratios=self._param("view_ratios") or None,
@@ -289,6 +289,7 @@ class DriveVqaNode(LifecycleNode):
                 engine_dir=self._param("engine_dir") or None,
                 max_new_tokens=self._param("max_new_tokens"),
             )
+            self._runner = VLMRunner.from_config(config)  # on a GPU this also captures the CUDA graphs
         except Exception as exc:  # any load failure is a failed transition, never a dead process
             self.get_logger().error(f"configure failed: cannot load model {model!r}: {type(exc).__name__}: {exc}")
             self._release_runner()
@@ -314,6 +315,7 @@ class DriveVqaNode(LifecycleNode):
         self.get_logger().info(
             f"configured: device={self._runner.device} vision_backend={self._runner.vision_backend_name}"
             + (f" ({backend_reason})" if backend_reason else "")
+            + (f"; CUDA graphs captured in {self._runner.warmup_ms:.0f} ms" if getattr(self._runner, "warmup_ms", 0) else "")
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -504,6 +506,7 @@ class DriveVqaNode(LifecycleNode):
                 "prefix_reused": answer.prefix_reused,
                 "pruning_method": self._param("pruning_method"),
                 "vision_backend_reason": getattr(getattr(runner, "vision", None), "reason", ""),
+                "runtime_path": getattr(answer, "path", ""),
             },
         )
         self._publish_diagnostics([self._status(OK, "answer", answer.text[:200], values)])

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from prune2drive_ros.vlm.geometry import PATCH_SIZE, VIEW_SIZE
+from prune2drive_ros.vlm.preprocess import preprocessor_config
 from prune2drive_ros.vlm.prompt import IMAGE_PLACEHOLDER, LLAMA3_CHAT_TEMPLATE
 
 LLAVA_NEXT_MODEL_TYPES = {"llava_llama": "llama", "llava_qwen": "qwen2", "llava": "llama"}
@@ -35,8 +37,8 @@ KEY_MAP = [
 
 # SigLIP-so400m at 384 px: the tower LLaVA-OneVision / DriveMM use (attention heads are not
 # recoverable from weight shapes, so they come from the named tower).
-SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "patch_size": 14,
-          "image_size": 384, "layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh"}
+SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "patch_size": PATCH_SIZE,
+          "image_size": VIEW_SIZE, "layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh"}
 
 _TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "rms_norm_eps", "max_position_embeddings", "rope_theta", "rope_scaling",
@@ -146,7 +148,7 @@ def load_llava_next(folder: str | Path, dtype: torch.dtype | None = None):
         video_token_index=image_id,
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,  # the tower already lost its last layer
-        image_grid_pinpoints=orig.get("image_grid_pinpoints") or [[384, 384]],
+        image_grid_pinpoints=orig.get("image_grid_pinpoints") or [[VIEW_SIZE, VIEW_SIZE]],
         vision_aspect_ratio=orig.get("image_aspect_ratio", "anyres_max_9")
         if str(orig.get("image_aspect_ratio", "")).startswith("anyres_max") else "anyres_max_9",
         tie_word_embeddings=bool(orig.get("tie_word_embeddings", False)),
@@ -246,8 +248,6 @@ def run(args: argparse.Namespace) -> int:
     model.generation_config = generation
     model.save_pretrained(args.dst, safe_serialization=True)
     tokenizer.save_pretrained(args.dst)
-    from prune2drive_ros.vlm.tiny import preprocessor_config
-
     (args.dst / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(aspect), indent=2))
     print(f"converted {args.src} -> {args.dst} (image aspect ratio: {aspect})")
     return 0

@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from prune2drive_ros.cameras import NUM_CAMERAS
+from prune2drive_ros.vlm.geometry import VIEW_SIZE
 
 DEFAULT_MAX_IMAGE_SIDE = 4096
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    size: int = 384
+    size: int = VIEW_SIZE
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     aspect_ratio: str = "square"  # "square" (resize) or "pad" (pad to square, then resize)
@@ -86,3 +87,18 @@ def preprocess(images, spec: ImageSpec, device: torch.device, dtype: torch.dtype
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
     return ((pixels - mean) / std).to(dtype)
+
+
+def preprocessor_config(aspect_ratio: str = "square") -> dict:
+    """SigLIP preprocessing at 384 px, plus the aspect-ratio mode the runtime reads."""
+    return {
+        "image_processor_type": "LlavaOnevisionImageProcessor",
+        "size": {"height": VIEW_SIZE, "width": VIEW_SIZE},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "image_aspect_ratio": aspect_ratio,
+    }

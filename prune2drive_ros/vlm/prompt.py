@@ -46,9 +46,6 @@ class PromptParts:
     def suffix(self, question: str) -> str:
         return f" {question}{self.suffix_template}"
 
-    def full(self, question: str) -> str:
-        return self.prefix + self.suffix(question)
-
 
 def split_prompt(tokenizer) -> PromptParts:
     """Render the chat template once with a sentinel question and cut it around the sentinel."""

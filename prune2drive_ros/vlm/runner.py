@@ -1,13 +1,15 @@
 """``VLMRunner``: six camera views and questions in, answers with timings and pruning stats out.
 
-The flow per frame set:
+The flow per frame set, top to bottom in ``answer``:
 
-    preprocess -> vision encoder (backend) -> visual prefix prefill, pruned at layer K
-               -> per-question suffix prefill (batched, on the shared prefix) -> greedy/sampled decode
+    images --preprocess--> pixels --vision backend--> features --> prompt embeds
+           --prefill pruned at layer K--> Prefix (shared by every question about this frame set)
+           --DecodeBatch.start: the questions, batched--> --DecodeBatch.generate--> answers
 
-With a question-independent pruner the pruned visual prefix and its KV cache are computed once per
-frame set and reused for every question about it; question-dependent pruners (FastV, MVPruner)
-prefill the whole prompt per question.
+A question-independent plan (``PrunePlan.static``) prunes the visual prefix once per frame set and
+reuses it for every question; its prefill and the token step run as CUDA graphs on a GPU, captured
+in ``warm_up`` (called by ``from_pretrained``/``from_config`` and after a budget change). Question-
+dependent pruners (FastV, MVPruner) prefill the whole prompt per question, eagerly.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Hashable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,13 +26,18 @@ import torch
 from prune2drive_ros.cameras import NUM_CAMERAS
 from prune2drive_ros.pruning import get_pruner, layer_flops, view_budgets
 from prune2drive_ros.vlm.backends import make_vision_backend
+from prune2drive_ros.vlm.config import DEFAULT_MAX_QUESTION_TOKENS, RunnerConfig
+from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, Sampler, bucket, question_capacity
+from prune2drive_ros.vlm.graphs import GraphSet
 from prune2drive_ros.vlm.loading import load_checkpoint, resolve_device, resolve_dtype
+from prune2drive_ros.vlm.plan import PrunePlan
+from prune2drive_ros.vlm.prefill import StaticPrefill
 from prune2drive_ros.vlm.preprocess import DEFAULT_MAX_IMAGE_SIDE, ImageSpec, preprocess, validate_images
 from prune2drive_ros.vlm.prompt import IMAGE_PLACEHOLDER, split_prompt
-from prune2drive_ros.vlm.pruned_llm import PrefillResult, PrunedLanguageModel, VisualLayout
+from prune2drive_ros.vlm.pruned_llm import Prefix, PrunedLanguageModel, VisualLayout
 from prune2drive_ros.vlm.vision import VisionEncoder
 
-DEFAULT_MAX_QUESTION_TOKENS = 512
+STAGES = ("preprocess", "vision", "prune", "prefill", "decode")
 
 
 @dataclass
@@ -43,61 +51,51 @@ class Answer:
     prefix_reused: bool
     kept_indices: list[list[int]] = field(repr=False, default_factory=list)
     token_ids: list[int] = field(repr=False, default_factory=list)
+    path: str = "eager"
+    """How the LLM ran: "cuda-graph" (prefill tail and token step replayed), "eager", or a mix with the reason."""
 
     @property
     def flops_ratio(self) -> float:
         return self.flops / self.flops_dense if self.flops_dense else 1.0
 
 
-class _Timer:
-    """Wall-clock stage timer that waits for the GPU, so each stage is charged its own work."""
+class StageTimer:
+    """Wall-clock stage timer that waits for the GPU at every boundary, so each stage is charged its own
+    work. Stages nest: time spent in an inner stage is not charged to the outer one."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.ms: dict[str, float] = {}
+        self._open: list[str] = []
+        self._since = 0.0
 
-    def sync(self) -> None:
+    def _sync(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
+    def _charge(self, now: float) -> None:
+        if self._open:
+            name = self._open[-1]
+            self.ms[name] = self.ms.get(name, 0.0) + (now - self._since) * 1000.0
+        self._since = now
+
+    @contextmanager
     def stage(self, name: str):
-        timer = self
-
-        class _Stage:
-            def __enter__(self):
-                timer.sync()
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.sync()
-                timer.ms[name] = timer.ms.get(name, 0.0) + (time.perf_counter() - self.t0) * 1000.0
-
-        return _Stage()
+        self._charge(self._sync())
+        self._open.append(name)
+        try:
+            yield
+        finally:
+            self._charge(self._sync())
+            self._open.pop()
 
 
 class VLMRunner:
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        tokenizer,
-        image_spec: ImageSpec,
-        eos_token_ids: Sequence[int],
-        *,
-        pruning: str = "tfps",
-        retain: float | None = 0.1,
-        view_ratios: Sequence[float] | None = None,
-        prune_layer: int = 1,
-        vision_backend: str = "torch",
-        engine_dir=None,
-        strict_backend: bool = False,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS,
-        max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
-        model_dir=None,
-    ):
+    def __init__(self, model: torch.nn.Module, tokenizer, image_spec: ImageSpec, eos_token_ids: Sequence[int],
+                 config: RunnerConfig | None = None, *, model_dir=None, **settings):
+        """Wrap a loaded LLaVA-OneVision ``model``; ``settings`` are ``RunnerConfig`` fields (or pass ``config``)."""
+        self.config = config = (config or RunnerConfig()).replace(**settings)
         self.model = model
         self.tokenizer = tokenizer
         self.image_spec = image_spec
@@ -105,52 +103,46 @@ class VLMRunner:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.llm = PrunedLanguageModel(model)
-        if not 0 <= prune_layer < self.llm.num_layers:
-            raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {prune_layer}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        self.pruner = get_pruner(pruning)
-        self.prune_layer = prune_layer
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.max_question_tokens = max_question_tokens
-        self.max_image_side = max_image_side
+        if not 0 <= config.prune_layer < self.llm.num_layers:
+            raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.prune_layer}")
+        self.pruner = get_pruner(config.pruning)
+        self.max_new_tokens = config.max_new_tokens
+        self.max_question_tokens = config.max_question_tokens or DEFAULT_MAX_QUESTION_TOKENS
+        self.max_image_side = config.max_image_side or DEFAULT_MAX_IMAGE_SIDE
+        generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.sampler = Sampler(config.temperature, config.top_p, generator)
+        use_graphs = config.cuda_graphs != "off" and self.device.type == "cuda"
+        self.graphs = GraphSet(use_graphs, strict=config.cuda_graphs == "on")
 
         self.encoder = VisionEncoder(model).eval()
-        self.vision = make_vision_backend(vision_backend, self.encoder, device=self.device, dtype=self.dtype,
-                                          engine_dir=engine_dir, strict=strict_backend, model_dir=model_dir)
+        self.vision = make_vision_backend(config.vision_backend, self.encoder, device=self.device, dtype=self.dtype,
+                                          engine_dir=config.engine_dir, strict=config.strict_backend,
+                                          model_dir=model_dir)
         self._build_prompt()
-        self.set_budgets(retain=retain, view_ratios=view_ratios)
-        self._prefix: tuple[Hashable, tuple, PrefillResult] | None = None
+        self._prefix: Prefix | None = None
+        self._decode: DecodeBatch | None = None
+        self.warmup_ms = 0.0
+        self.set_budgets(retain=config.retain, view_ratios=config.view_ratios, warm_up=False)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(
-        cls,
-        model,
-        *,
-        pruning: str = "tfps",
-        retain: float | None = 0.1,
-        view_ratios: Sequence[float] | None = None,
-        prune_layer: int = 1,
-        device=None,
-        dtype=None,
-        vision_backend: str = "torch",
-        engine_dir=None,
-        max_new_tokens: int = 64,
-        **kwargs,
-    ) -> VLMRunner:
-        device = resolve_device(device)
-        dtype = resolve_dtype(dtype, device)
-        loaded = load_checkpoint(model, device, dtype)
+    def from_config(cls, config: RunnerConfig, *, warm_up: bool = True) -> VLMRunner:
+        """Load ``config.model`` and build the runner; on a GPU, capture its graphs before returning."""
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        loaded = load_checkpoint(config.model, device, dtype)
         spec = ImageSpec.from_checkpoint(loaded.folder, loaded.model.config.vision_config.image_size)
         if loaded.aspect_ratio is not None:
             spec = ImageSpec(spec.size, spec.mean, spec.std, loaded.aspect_ratio)
-        return cls(loaded.model, loaded.tokenizer, spec, loaded.eos_token_ids, pruning=pruning, retain=retain,
-                   view_ratios=view_ratios, prune_layer=prune_layer, vision_backend=vision_backend,
-                   engine_dir=engine_dir, max_new_tokens=max_new_tokens, model_dir=loaded.folder, **kwargs)
+        runner = cls(loaded.model, loaded.tokenizer, spec, loaded.eos_token_ids, config, model_dir=loaded.folder)
+        if warm_up:
+            runner.warm_up()
+        return runner
+
+    @classmethod
+    def from_pretrained(cls, model, **settings) -> VLMRunner:
+        """``from_config(RunnerConfig(model=model, **settings))``: the keywords are ``RunnerConfig`` fields."""
+        return cls.from_config(RunnerConfig.from_kwargs(model, **settings))
 
     def _build_prompt(self) -> None:
         config = self.model.config
@@ -171,18 +163,53 @@ class VLMRunner:
         self.layout = VisualLayout(torch.tensor(patch_positions, device=self.device), len(ids))
         self.image_mask = self.prefix_ids == config.image_token_index
 
-    def set_budgets(self, retain: float | None = None, view_ratios: Sequence[float] | None = None) -> None:
-        """Change the per-view token budgets (takes effect on the next frame set)."""
+    def set_budgets(self, retain: float | None = None, view_ratios: Sequence[float] | None = None,
+                    *, warm_up: bool = True) -> None:
+        """Change the per-view token budgets (the next frame set uses them; graphs are captured again now)."""
         if view_ratios:
             budgets = view_budgets(self.tokens_per_view, view_ratios=list(view_ratios))
         else:
             budgets = view_budgets(self.tokens_per_view, retain=1.0 if retain is None else retain)
         self.budgets = list(budgets)
+        self._replan(warm_up)
+
+    def set_pruning(self, method: str) -> None:
+        """Switch the pruning method on the same weights and budgets (benchmarks compare methods so)."""
+        self.pruner = get_pruner(method)
+        self._replan(warm_up=True)
+
+    def _replan(self, warm_up: bool) -> None:
+        self.plan = PrunePlan.describe(self.pruner, self.budgets, self.config.prune_layer, self.llm.num_layers,
+                                       self.tokens_per_view)
+        self._static = StaticPrefill(self.llm, self.layout, self.plan, self.pruner, self.graphs) \
+            if self.plan.static else None
         self._prefix = None
+        self._decode = None
+        if warm_up and self.graphs.enabled:
+            self.warm_up()
+
+    @torch.inference_mode()
+    def warm_up(self) -> float:
+        """Run each batch bucket once on blank views so every CUDA graph is captured now, not on the
+        first real frame. Returns (and logs to ``warmup_ms``) the time taken. A no-op off CUDA."""
+        if not self.graphs.enabled:
+            return 0.0
+        t0 = time.perf_counter()
+        images = [np.zeros((self.image_spec.size, self.image_spec.size, 3), np.uint8)] * NUM_CAMERAS
+        keep_new = self.max_new_tokens
+        self.max_new_tokens = min(2, keep_new)  # the token step is the same graph for any length
+        try:
+            for rows in BATCH_BUCKETS if self.plan.static else (1,):
+                self.answer(images, ["warm up"] * rows, frame_key=("warm-up",))
+        finally:
+            self.max_new_tokens = keep_new
+            self._prefix = None
+        self.warmup_ms = (time.perf_counter() - t0) * 1000.0
+        return self.warmup_ms
 
     def close(self) -> None:
-        """Drop the model and cached state; frees GPU memory."""
-        self._prefix = None
+        """Drop the model, graphs and cached state; frees GPU memory."""
+        self._prefix = self._decode = self._static = None
         self.vision.close()
         self.model = self.llm = self.encoder = self.vision = None
         if torch.cuda.is_available():
@@ -191,6 +218,11 @@ class VLMRunner:
     @property
     def vision_backend_name(self) -> str:
         return self.vision.name
+
+    @property
+    def prefix(self) -> Prefix | None:
+        """The prefilled visual prefix of the last frame set (None before the first answer)."""
+        return self._prefix
 
     # -- input checks --------------------------------------------------------------------------
     def _question_ids(self, questions: Sequence[str]) -> list[list[int]]:
@@ -224,138 +256,121 @@ class VLMRunner:
         """Answer ``questions`` about one synchronized set of six RGB views (camera order)."""
         validate_images(images, self.max_image_side)
         suffixes = self._question_ids(questions)
-        timer = _Timer(self.device)
+        timer = StageTimer(self.device)
         t_start = time.perf_counter()
-        key = (frame_key if frame_key is not None else self.frame_key(images), tuple(self.budgets))
+        key = (frame_key if frame_key is not None else self.frame_key(images), self.plan)
+        reused = self.plan.static and self._prefix is not None and self._prefix.key == key
 
-        reused = self._prefix is not None and self._prefix[0] == key[0] and self._prefix[1] == key[1]
         embeds = None
-        if not reused or self.pruner.question_dependent:
+        if not reused:
             with timer.stage("preprocess"):
                 pixels = preprocess(images, self.image_spec, self.device, self.dtype)
             with timer.stage("vision"):
-                features = self.vision(pixels)
-            embeds = self._prefix_embeds(features)
+                embeds = self._prompt_embeds(self.vision(pixels))
 
-        if self.pruner.question_dependent:
-            results = [self._answer_alone(embeds, ids, timer) for ids in suffixes]
-            texts_and_ids, prefills = [r[0] for r in results], [r[1] for r in results]
-            shared = [False] * len(suffixes)
-        else:
+        if self.plan.static:
             if not reused:
-                with timer.stage("prefill"):
-                    prefix = self.llm.prefill(embeds, self.layout, self.pruner, self.budgets, self.prune_layer)
-                timer.ms["prefill"] -= prefix.prune_ms
-                timer.ms["prune"] = prefix.prune_ms
-                self._prefix = (key[0], key[1], prefix)
-            prefix = self._prefix[2]
-            texts_and_ids = self._answer_batch(prefix, suffixes, timer)
+                self._prefix = self._static(embeds, timer)
+                self._prefix.key = key
+            prefix = self._prefix
+            results, paths = [], set()
+            for start in range(0, len(suffixes), BATCH_BUCKETS[-1]):
+                chunk = suffixes[start : start + BATCH_BUCKETS[-1]]
+                results += self._answer_on_prefix(prefix, chunk, timer)
+                paths.add(self._path())
             prefills = [prefix] * len(suffixes)
             shared = [reused or i > 0 for i in range(len(suffixes))]
+            path = " + ".join(sorted(paths))
+        else:
+            results, prefills = [], []
+            for ids in suffixes:
+                result, prefill = self._answer_alone(embeds, ids, timer)
+                results.append(result)
+                prefills.append(prefill)
+            shared = [False] * len(suffixes)
+            path = "eager"
 
         total_ms = (time.perf_counter() - t_start) * 1000.0
-        timings = {k: timer.ms.get(k, 0.0) for k in ("preprocess", "vision", "prune", "prefill", "decode")}
+        timings = {k: timer.ms.get(k, 0.0) for k in STAGES}
         timings["total"] = total_ms
-        return [
-            self._make_answer(text, ids, prefill, len(suffix), timings, reuse)
-            for (text, ids), prefill, suffix, reuse in zip(texts_and_ids, prefills, suffixes, shared)
-        ]
+        return [self._make_answer(tokens, prefill, len(suffix), timings, reuse, path)
+                for tokens, prefill, suffix, reuse in zip(results, prefills, suffixes, shared)]
 
     # -- steps ---------------------------------------------------------------------------------
-    def _prefix_embeds(self, features: torch.Tensor) -> torch.Tensor:
+    def _prompt_embeds(self, features: torch.Tensor) -> torch.Tensor:
         embeds = self.llm.embed_tokens(self.prefix_ids[None]).clone()
         embeds[0, self.image_mask] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
         return embeds
 
-    def _answer_batch(self, prefix: PrefillResult, suffixes: list[list[int]], timer: _Timer):
-        """Prefill every question on the shared prefix at once, then decode them as one batch."""
-        batch, longest = len(suffixes), max(len(s) for s in suffixes)
+    def _decode_batch(self, prefix: Prefix, longest: int, rows: int, question_dependent: bool) -> DecodeBatch:
+        lengths = prefix.tokens_per_layer
+        current = self._decode
+        if current is not None and current.fits(lengths, longest, rows, self.max_new_tokens):
+            return current
+        capacity = 0 if question_dependent else question_capacity(longest, self.graphs.enabled)
+        # On a GPU the static batch is sized for the largest bucket once, so every bucket shares it.
+        rows = max(rows, BATCH_BUCKETS[-1]) if self.graphs.enabled and not question_dependent else rows
+        # Sized for the configured answer length even while warm-up asks for fewer tokens.
+        new_tokens = max(self.max_new_tokens, self.config.max_new_tokens)
+        batch = DecodeBatch(self.llm, lengths, capacity, new_tokens, rows, dtype=self.dtype, device=self.device)
+        if not question_dependent:
+            self._decode = batch
+        return batch
+
+    def _answer_on_prefix(self, prefix: Prefix, suffixes: list[list[int]], timer: StageTimer) -> list[list[int]]:
+        """Prefill the questions on the shared prefix at once, then decode them as one batch."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with timer.stage("prefill"):
-            ids = torch.full((batch, longest), pad, dtype=torch.long, device=self.device)
-            valid = torch.zeros((batch, longest), dtype=torch.bool, device=self.device)
-            for i, s in enumerate(suffixes):
-                ids[i, : len(s)] = torch.tensor(s, device=self.device)
-                valid[i, : len(s)] = True
-            lengths = valid.sum(1)
-            cache = prefix.cache.fork(batch, longest + self.max_new_tokens)
-            positions = prefix.prompt_length + torch.arange(longest, device=self.device).expand(batch, -1)
-            hidden = self.llm.extend(cache, self.llm.embed_tokens(ids), positions, valid)
-            last = hidden[torch.arange(batch, device=self.device), lengths - 1]
+            batch = self._decode_batch(prefix, max(len(s) for s in suffixes), bucket(len(suffixes)), False)
+            last = batch.start(prefix, suffixes, pad)
         with timer.stage("decode"):
-            tokens = self._decode(cache, last, prefix.prompt_length + lengths, valid)
-        return [(self._text(t), t) for t in tokens]
+            batch.capture(self.graphs, batch.active)
+            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, len(suffixes))
+        self._last_batch = batch
+        return tokens
 
-    def _answer_alone(self, prefix_embeds: torch.Tensor, suffix: list[int], timer: _Timer):
+    def _path(self) -> str:
+        decode_graphed = self._last_batch.graphed(self._last_batch.active)
+        prefill_graphed = "tail" in self._static.graphed
+        if decode_graphed and prefill_graphed:
+            return "cuda-graph"
+        if not self.graphs.enabled:
+            return "eager"
+        parts = [f"prefill {'graph' if prefill_graphed else 'eager'}", f"decode {'graph' if decode_graphed else 'eager'}"]
+        failures = "; ".join(f"{k}: {v}" for k, v in self._static.failures.items())
+        return ", ".join(parts) + (f" (capture failed: {failures})" if failures else "")
+
+    def _answer_alone(self, prefix_embeds: torch.Tensor, suffix: list[int], timer: StageTimer):
         """Question-dependent pruning: the whole prompt is prefilled (and pruned) for this question."""
         ids = torch.tensor(suffix, device=self.device)
         embeds = torch.cat([prefix_embeds, self.llm.embed_tokens(ids[None])], dim=1)
         query_positions = None  # FastV: the last prompt token
-        if self.pruner.attention_queries == "instruction":
+        if self.plan.attention_queries == "instruction":
             query_positions = torch.arange(prefix_embeds.shape[1], embeds.shape[1], device=self.device)
         with timer.stage("prefill"):
-            result = self.llm.prefill(embeds, self.layout, self.pruner, self.budgets, self.prune_layer,
-                                      query_rows=query_positions)
-        timer.ms["prefill"] -= result.prune_ms
-        timer.ms["prune"] = timer.ms.get("prune", 0.0) + result.prune_ms
+            prefill = self.llm.prefill(embeds, self.layout, self.plan, self.pruner, query_rows=query_positions,
+                                       timer=timer)
         with timer.stage("decode"):
-            cache = result.cache.fork(1, self.max_new_tokens)
-            valid = torch.zeros((1, 0), dtype=torch.bool, device=self.device)
-            length = torch.tensor([result.prompt_length], device=self.device)
-            tokens = self._decode(cache, result.last_hidden, length, valid)[0]
-        return (self._text(tokens), tokens), result
-
-    def _next_token(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.llm.logits(hidden)
-        if self.temperature <= 0:
-            return logits.argmax(-1)
-        probs = (logits / self.temperature).softmax(-1)
-        if self.top_p < 1.0:
-            sorted_probs, order = probs.sort(-1, descending=True)
-            outside = sorted_probs.cumsum(-1) - sorted_probs > self.top_p
-            sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
-
-    def _decode(self, cache, last_hidden: torch.Tensor, next_positions: torch.Tensor, tail_valid: torch.Tensor):
-        """Generate up to max_new_tokens per sequence; a sequence stops at its first stop token."""
-        batch = last_hidden.shape[0]
-        eos = torch.tensor(self.eos_token_ids, device=self.device)
-        token = self._next_token(last_hidden)
-        out = [token]
-        done = torch.isin(token, eos)
-        for step in range(1, self.max_new_tokens):
-            if bool(done.all()):  # one host sync per step is inherent to stopping early
-                break
-            tail_valid = torch.cat([tail_valid, torch.ones((batch, 1), dtype=torch.bool, device=self.device)], 1)
-            positions = (next_positions + step - 1)[:, None]
-            hidden = self.llm.extend(cache, self.llm.embed_tokens(token[:, None]), positions, tail_valid)
-            token = self._next_token(hidden[:, -1])
-            out.append(token)
-            done |= torch.isin(token, eos)
-        generated = torch.stack(out, 1).tolist()
-        result = []
-        stops = set(self.eos_token_ids)
-        for seq in generated:
-            cut = next((i + 1 for i, t in enumerate(seq) if t in stops), len(seq))
-            result.append(seq[:cut])
-        return result
+            batch = self._decode_batch(prefill, 0, 1, True)
+            last = batch.start_after_prompt(prefill)
+            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, 1)[0]
+        return tokens, prefill
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode([t for t in tokens if t not in self.eos_token_ids], skip_special_tokens=True).strip()
 
-    def _make_answer(self, text, ids, prefill: PrefillResult, suffix_len: int, timings, reused: bool) -> Answer:
+    def _make_answer(self, tokens: list[int], prefill: Prefix, suffix_len: int, timings, reused: bool,
+                     path: str) -> Answer:
         cfg = self.model.config.text_config
-        prefix_len = self.layout.length
         # Question-dependent prefills already count the question in tokens_per_layer.
-        extra = 0 if prefill.prompt_length > prefix_len else suffix_len
-        dense = (prefill.prompt_length + extra)
+        extra = 0 if prefill.prompt_length > self.layout.length else suffix_len
         dims = {"hidden": cfg.hidden_size, "ffn": cfg.intermediate_size}
-        flops_dense = len(prefill.tokens_per_layer) * layer_flops(dense, **dims)
-        flops = sum(layer_flops(n + extra, **dims) for n in prefill.tokens_per_layer)
+        tokens_per_layer = prefill.tokens_per_layer
+        flops_dense = len(tokens_per_layer) * layer_flops(prefill.prompt_length + extra, **dims)
+        flops = sum(layer_flops(n + extra, **dims) for n in tokens_per_layer)
         kept = [k.tolist() for k in prefill.kept]
         return Answer(
-            text=text,
+            text=self._text(tokens),
             timings_ms=dict(timings),
             kept_per_view=[len(k) for k in kept],
             visual_tokens=self.layout.patch_positions.numel() + NUM_CAMERAS,  # patches + newlines
@@ -363,5 +378,6 @@ class VLMRunner:
             flops_dense=float(flops_dense),
             prefix_reused=reused,
             kept_indices=kept,
-            token_ids=list(ids),
+            token_ids=list(tokens),
+            path=path,
         )

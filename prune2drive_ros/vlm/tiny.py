@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from prune2drive_ros.vlm.geometry import PATCH_SIZE, VIEW_SIZE
+from prune2drive_ros.vlm.preprocess import preprocessor_config
 from prune2drive_ros.vlm.prompt import IMAGE_PLACEHOLDER, LLAMA3_CHAT_TEMPLATE, user_message
 
 SPECIAL_TOKENS = [
@@ -77,8 +79,8 @@ def tiny_config(tokenizer, text_arch: str = "llama"):
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
-        image_size=384,
-        patch_size=14,
+        image_size=VIEW_SIZE,
+        patch_size=PATCH_SIZE,
         vision_use_head=False,
         initializer_range=0.3,
     )
@@ -112,24 +114,9 @@ def tiny_config(tokenizer, text_arch: str = "llama"):
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
         vision_aspect_ratio="anyres_max_9",
-        image_grid_pinpoints=[[384, 384]],
+        image_grid_pinpoints=[[VIEW_SIZE, VIEW_SIZE]],
         tie_word_embeddings=False,
     )
-
-
-def preprocessor_config(aspect_ratio: str = "square") -> dict:
-    """SigLIP preprocessing at 384 px, plus the aspect-ratio mode the runtime reads."""
-    return {
-        "image_processor_type": "LlavaOnevisionImageProcessor",
-        "size": {"height": 384, "width": 384},
-        "resample": 3,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
-        "image_aspect_ratio": aspect_ratio,
-    }
 
 
 def make_tiny_model(dst: str | Path, *, text_arch: str = "llama", fmt: str = "hf", seed: int = 0) -> Path:
