@@ -14,43 +14,24 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
+from prune2drive_ros.ros.parameters import PARAMETERS
 
-# Launch argument -> node parameter. Every entry must exist in config/drive_vqa.yaml.
-OVERRIDES = {
-    "model": "checkpoint folder or hub id",
-    "pruning_method": "none | tfps | divprune | fastv | random | pool | mvpruner",
-    "retain": "fraction of visual tokens kept",
-    "prune_layer": "decoder layer K where pruning happens",
-    "vision_backend": "tensorrt | onnxruntime | torch",
-    "engine_dir": "TensorRT / ONNX engine cache folder",
-    "device": "auto | cpu | cuda | cuda:N",
-    "dtype": "auto | float32 | float16 | bfloat16",
-    "max_new_tokens": "answer length cap",
-    "camera_topics": "six image topics in camera order, e.g. [/a, /b, /c, /d, /e, /f]",
-    "image_transport": "compressed | raw",
-    "qos_reliability": "best_effort | reliable",
-    "sync_slop_s": "max stamp spread of a synchronized set (s)",
-    "sync_queue_size": "synchronizer queue per camera",
-    "camera_timeout_s": "silence before a camera is WARN (ERROR after 3x)",
-    "question_period_s": "period of the standing questions (0 = off)",
-    "publish_kept_tokens": "publish the kept-token mosaic on /vlm/kept_tokens",
-    "autostart": "configure and activate at start-up",
-}
-# Parameters that are unset by default, which a ROS parameter file cannot express (no empty lists): they
-# appear commented out in config/drive_vqa.yaml and are wired here the same way.
-OPTIONAL_OVERRIDES = {
-    "view_ratios": "six per-camera kept fractions, e.g. [0.1, 0.1, 0.1, 0.1, 0.1, 0.1] (empty: retain)",
-    "questions": "standing questions, e.g. ['What are the important objects?']",
-}
+# One launch argument per node parameter, from the node's parameter table (names, descriptions).
+OVERRIDES = {spec.name: spec.description for spec in PARAMETERS}
 
 
 def _node(context, *args, **kwargs):
     overrides = {}
-    for name in [*OVERRIDES, *OPTIONAL_OVERRIDES]:
+    for name in OVERRIDES:
         value = LaunchConfiguration(name).perform(context)
         if value != "":
-            # Same typing rules as --ros-args -p: "0.1" is a double, "true" a bool.
-            overrides[name] = yaml.safe_load(value)
+            # Same typing rules as --ros-args -p: "0.1" is a double, "1" an integer (which the node accepts
+            # for a double parameter), "true" a bool. What YAML cannot read goes as text: the node then
+            # rejects it with the reason and stays up.
+            try:
+                overrides[name] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                overrides[name] = value
     params_file = LaunchConfiguration("params_file").perform(context)
     return [
         Node(
@@ -76,6 +57,6 @@ def generate_launch_description():
     ]
     args += [
         DeclareLaunchArgument(name, default_value="", description=f"{text} (empty: from params_file)")
-        for name, text in {**OVERRIDES, **OPTIONAL_OVERRIDES}.items()
+        for name, text in OVERRIDES.items()
     ]
     return LaunchDescription([*args, OpaqueFunction(function=_node)])

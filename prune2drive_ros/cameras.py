@@ -48,6 +48,8 @@ NUM_CAMERAS = len(CAMERAS)
 
 QUESTION_TOPIC = "/vlm/question"
 ANSWER_TOPIC = "/vlm/answer"
+ANSWER_INFO_TOPIC = "/vlm/answer_info"
+"""One JSON std_msgs/String per question: answered (with id, question, frame stamp, timings) or dropped (reason)."""
 KEPT_TOKENS_TOPIC = "/vlm/kept_tokens"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 

@@ -3,28 +3,34 @@
 sample nuScenes (or ``--dataroot``) -> rosbag2 with DriveLM questions -> replay over DDS (localhost)
 -> drive_vqa_node -> answers printed live -> a summary: each question with its answer, p50/p90 per
 stage, the FLOPs ratio, kept tokens per camera, and the kept-token mosaic saved as a PNG.
+
+Answers are read from the node's ``/vlm/answer_info`` records (JSON, one per question: answered or
+dropped with a reason). The demo exits non-zero unless every question it asked was answered.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from prune2drive_ros.cameras import (
+    ANSWER_INFO_TOPIC,
     CAMERA_NAMES,
-    DIAGNOSTICS_TOPIC,
     KEPT_TOKENS_TOPIC,
     QUESTION_TOPIC,
     default_topics,
 )
 from prune2drive_ros.discovery import localhost_discovery_env, ros_distro
 
-STAGES = ("sync_wait_ms", "image_decode_ms", "preprocess_ms", "vision_ms", "prune_ms", "prefill_ms", "decode_ms",
-          "total_ms")
+STAGES = ("sync_wait", "image_decode", "preprocess", "vision", "prune", "prefill", "decode", "total")
+CHUNK = 8
+"""Questions sent at once: the node's batch size, well inside its queue of live questions."""
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prune2drive"
 GROUP_TIMEOUT_S = 120.0
 
@@ -84,31 +90,42 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class _Listener:
-    """Collects answers (from the per-answer diagnostics, which carry the question too) and the latest mosaic."""
+    """Collects the node's /vlm/answer_info records (answered or dropped) and the latest mosaic."""
 
     def __init__(self, node, verbose: bool = True):
-        from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import Image
+        from std_msgs.msg import String
 
-        self.records: list[dict[str, str]] = []
+        self.records: list[dict] = []
         self.mosaic = None
         self.verbose = verbose
         self._lock = threading.Lock()
-        node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 50)
+        node.create_subscription(String, ANSWER_INFO_TOPIC, self._on_info, 100)
         node.create_subscription(Image, KEPT_TOKENS_TOPIC, self._on_mosaic, 2)
 
-    def _on_diagnostics(self, msg) -> None:
-        for status in msg.status:
-            values = {kv.key: kv.value for kv in status.values}
-            if "question" not in values:
-                continue
-            values["answer"] = status.message
-            with self._lock:
-                self.records.append(values)
-            if self.verbose:
-                print(f"[{float(values['frame_stamp']):.2f}] Q: {values['question']}\n"
-                      f"    A: {status.message}   ({float(values['total_ms']):.0f} ms, "
-                      f"FLOPs {float(values['flops_ratio']):.1%})", flush=True)
+    @property
+    def answered(self) -> list[dict]:
+        with self._lock:
+            return [r for r in self.records if r.get("status") == "answered"]
+
+    @property
+    def dropped(self) -> list[dict]:
+        with self._lock:
+            return [r for r in self.records if r.get("status") == "dropped"]
+
+    def _on_info(self, msg) -> None:
+        record = json.loads(msg.data)
+        with self._lock:
+            self.records.append(record)
+        if not self.verbose:
+            return
+        if record.get("status") == "answered":
+            print(f"[{record['frame_stamp']:.2f}] Q: {record['question']}\n"
+                  f"    A: {record['answer']}   ({record['timings_ms']['total']:.0f} ms, "
+                  f"FLOPs {record['flops_ratio']:.1%})", flush=True)
+        else:
+            print(f"    dropped #{record.get('id')} {record.get('question', '')[:60]!r}: {record.get('reason')} "
+                  f"({record.get('detail')})", flush=True)
 
     def _on_mosaic(self, msg) -> None:
         import numpy as np
@@ -116,7 +133,9 @@ class _Listener:
         self.mosaic = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
 
 
-def summary(records: list[dict[str, str]]) -> str:
+def summary(records: list[dict]) -> str:
+    """The summary of the answered records (JSON records of /vlm/answer_info)."""
+    records = [r for r in records if r.get("status") == "answered"]
     if not records:
         return "no answers were produced"
     lines = ["", "answers:"]
@@ -125,12 +144,12 @@ def summary(records: list[dict[str, str]]) -> str:
         lines.append(f"  A: {r['answer'][:100]}")
     lines += ["", f"{'stage':<18}{'p50 ms':>10}{'p90 ms':>10}"]
     for key in STAGES:
-        values = [float(r[key]) for r in records if key in r]
+        values = [float(r["timings_ms"][key]) for r in records if key in r["timings_ms"]]
         if values:
-            lines.append(f"{key[:-3]:<18}{statistics.median(values):>10.1f}{_percentile(values, 0.9):>10.1f}")
+            lines.append(f"{key:<18}{statistics.median(values):>10.1f}{_percentile(values, 0.9):>10.1f}")
     flops = [float(r["flops_ratio"]) for r in records]
     lines += ["", f"prefill FLOPs: {statistics.mean(flops):.1%} of dense (mean over {len(records)} answers)"]
-    kept = [list(map(int, r["kept_per_view"].split(","))) for r in records]
+    kept = [r["kept_per_view"] for r in records]
     per_camera = [statistics.mean(k[i] for k in kept) for i in range(len(CAMERA_NAMES))]
     lines.append("kept tokens per camera (of 729): " + ", ".join(
         f"{name}={n:.0f}" for name, n in zip(CAMERA_NAMES, per_camera)))
@@ -141,15 +160,19 @@ def summary(records: list[dict[str, str]]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint folder or hub id (default: see README)")
     parser.add_argument("--dataroot", type=Path, default=None, help="nuScenes root (default: synthetic sample)")
-    parser.add_argument("--version", default="v1.0-mini")
+    parser.add_argument("--version", default="v1.0-mini", help="nuScenes version folder under --dataroot")
     parser.add_argument("--drivelm", type=Path, default=None, help="DriveLM file (default: the sample's)")
-    parser.add_argument("--seconds", type=float, default=None, help="stop replay after this long")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="give up after this many seconds of replay (default 600)")
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="bag, sample data and mosaic go here")
-    parser.add_argument("--pruning", default="tfps")
-    parser.add_argument("--retain", type=float, default=0.1)
-    parser.add_argument("--vision-backend", default="torch")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--pruning", default="tfps", help="pruning method: none, tfps, divprune, fastv, random, pool "
+                        "or mvpruner (default tfps)")
+    parser.add_argument("--retain", type=float, default=0.1,
+                        help="fraction of visual tokens kept per camera, in (0, 1] (default 0.1)")
+    parser.add_argument("--vision-backend", default="torch",
+                        help="vision encoder backend: tensorrt, onnxruntime or torch (default torch)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="answer length cap in tokens (default 24)")
     parser.add_argument("--rate", type=float, default=1.0, help="replay speed")
     parser.add_argument("--keyframes", type=int, default=3, help="keyframes in the synthetic sample")
     parser.add_argument("--questions", type=int, default=16, help="DriveLM questions to ask (0 = all in the bag)")
@@ -221,13 +244,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"replaying the cameras of {bag} at {args.rate}x (looping: each loop shows as a time jump); "
               f"asking {sum(map(len, groups))} DriveLM questions from the bag", flush=True)
         replay.start()
-        _ask(node, listener, listener_node, groups, deadline=time.monotonic() + (args.seconds or 600.0))
+        asked = _ask(node, listener, listener_node, groups, deadline=time.monotonic() + (args.seconds or 600.0))
         stop.set()
         replay.join(timeout=10.0)
     except KeyboardInterrupt:
         stop.set()
     finally:
-        node._release_all()
+        node.release()
         executor.shutdown()
         node.destroy_node()
         listener_node.destroy_node()
@@ -239,7 +262,14 @@ def run(args: argparse.Namespace) -> int:
         path = args.out / "kept_tokens.png"
         cv2.imwrite(str(path), cv2.cvtColor(listener.mosaic, cv2.COLOR_RGB2BGR))
         print(f"kept-token mosaic: {path}")
-    return 0 if listener.records else 1
+    answered = len(listener.answered)
+    if asked == 0 or answered < asked:
+        reasons = Counter(r.get("reason") for r in listener.dropped)
+        print(f"FAILED: {answered} of {asked} question(s) answered; "
+              f"{asked - answered} unanswered (dropped: {dict(reasons) or 'none reported'})")
+        return 1
+    print(f"all {asked} questions answered")
+    return 0
 
 
 def _bag_questions(bag: Path, limit: int) -> list[list[str]]:
@@ -268,28 +298,33 @@ def _bag_questions(bag: Path, limit: int) -> list[list[str]]:
     return groups
 
 
-def _ask(node, listener: _Listener, client, groups: list[list[str]], deadline: float) -> None:
-    """Ask each keyframe's questions together (they share one visual prefix) and wait for the answers."""
+def _ask(node, listener: _Listener, client, groups: list[list[str]], deadline: float) -> int:
+    """Ask each keyframe's questions (at most CHUNK at once: they share one visual prefix) and wait until
+    the node has accounted for each, answered or dropped. Returns how many were asked."""
     from std_msgs.msg import String
 
     publisher = client.create_publisher(String, QUESTION_TOPIC, 64)
     while publisher.get_subscription_count() == 0 or node.health_counters().get("sets_total", 0) == 0:
         if time.monotonic() > deadline:
             print("no synchronized camera set arrived; is the replay running?")
-            return
+            return 0
         time.sleep(0.1)
+    asked = 0
     for group in groups:
-        expected = len(listener.records) + len(group)
-        for question in group:
-            publisher.publish(String(data=question))
-        group_deadline = min(deadline, time.monotonic() + GROUP_TIMEOUT_S)
-        while len(listener.records) < expected and time.monotonic() < group_deadline:
-            time.sleep(0.05)
-        if len(listener.records) < expected:
-            counters = node.health_counters()
-            dropped = {k: v for k, v in counters.items() if k.startswith("dropped.") and v}
-            print(f"{expected - len(listener.records)} question(s) unanswered; node counters: "
-                  f"queue={counters.get('question_queue_depth')} dropped={dropped}")
-        if time.monotonic() >= deadline:
-            print("time is up (--seconds)")
-            return
+        for start in range(0, len(group), CHUNK):
+            chunk = group[start:start + CHUNK]
+            expected = len(listener.records) + len(chunk)
+            for question in chunk:
+                publisher.publish(String(data=question))
+            asked += len(chunk)
+            chunk_deadline = min(deadline, time.monotonic() + GROUP_TIMEOUT_S)
+            while len(listener.records) < expected and time.monotonic() < chunk_deadline:
+                time.sleep(0.05)
+            if len(listener.records) < expected:
+                counters = node.health_counters()
+                print(f"{expected - len(listener.records)} question(s) not accounted for in time; node counters: "
+                      f"queue={counters.get('question_queue_depth')} sets={counters.get('sets_total')}")
+            if time.monotonic() >= deadline:
+                print("time is up (--seconds)")
+                return asked
+    return asked

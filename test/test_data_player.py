@@ -210,3 +210,40 @@ def test_cli_play_stops_cleanly_on_ctrl_c(bag: Path) -> None:
             proc.communicate()
     assert proc.returncode == 130, err
     assert "stopped after" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("loop_questions", [False, True])
+def test_loop_sends_the_questions_on_the_first_pass_only_unless_asked(bag: Path, recorded, loop_questions) -> None:
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import String
+
+    from prune2drive_ros.data.player import BagPlayer
+
+    front = "/CAM_FRONT/image_rect_compressed"
+    listener = Listener({QUESTION_TOPIC: (String, 200), front: (CompressedImage, 50)})
+    try:
+        player = BagPlayer(bag, rate=20.0, loop=True, topics=[QUESTION_TOPIC, front], wait_for_subscribers=10,
+                           loop_questions=loop_questions)
+        stop = threading.Event()
+
+        def stop_after_three_passes() -> None:
+            while player.loops_completed < 3 and not stop.is_set():
+                stop.wait(0.05)
+            stop.set()
+
+        threading.Thread(target=stop_after_three_passes, daemon=True).start()
+        player.run(stop_event=stop, max_duration=120)
+        stop.set()
+        passes = player.loops_completed
+        per_pass = len(recorded[QUESTION_TOPIC])
+        assert passes >= 3
+        listener.wait_for({front: passes * len(recorded[front]),
+                           QUESTION_TOPIC: (passes if loop_questions else 1) * per_pass}, timeout=30)
+        questions = listener.received[QUESTION_TOPIC]
+        assert len(listener.received[front]) >= passes * len(recorded[front])  # the cameras repeat
+        if loop_questions:
+            assert len(questions) >= passes * per_pass
+        else:
+            assert len(questions) == per_pass
+    finally:
+        listener.close()

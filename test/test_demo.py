@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import Counter
 from pathlib import Path
 
 import cv2
-from conftest import run_cli
+import pytest
+from conftest import run_cli, wait_for
 
 
 def test_demo_answers_bag_questions_and_summarises(tiny_model, tmp_path: Path) -> None:
@@ -15,7 +19,7 @@ def test_demo_answers_bag_questions_and_summarises(tiny_model, tmp_path: Path) -
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert text.count("    A: ") == 4  # each question answered live
-    assert "unanswered" not in text
+    assert "unanswered" not in text and "all 4 questions answered" in text
     for stage in ("sync_wait", "image_decode", "preprocess", "vision", "prune", "prefill", "decode", "total"):
         assert f"\n{stage} " in text, stage
     assert "of dense" in text and "kept tokens per camera (of 729): CAM_FRONT=73" in text
@@ -47,3 +51,61 @@ def test_model_choice_order(tmp_path: Path, monkeypatch, capsys) -> None:
     model, why = demo.choose_model(None)
     assert model == str(tmp_path / "p2d" / "tiny-model") and (tmp_path / "p2d" / "tiny-model" / "config.json").is_file()
     assert "MEANINGLESS" in capsys.readouterr().out
+
+
+def test_one_play_of_the_demo_bag_accounts_for_every_question(tiny_model, tmp_path: Path) -> None:
+    """`prune2drive play BAG` (once) next to the node: each of the bag's DriveLM questions ends in an
+    /vlm/answer_info record, answered (on the keyframe it was asked at) or dropped with a reason."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import String
+
+    from prune2drive_ros.cameras import ANSWER_INFO_TOPIC
+    from prune2drive_ros.data.nuscenes_to_bag import convert_nuscenes
+    from prune2drive_ros.data.player import BagPlayer
+    from prune2drive_ros.data.sample_nuscenes import make_sample_nuscenes
+    from prune2drive_ros.demo import _bag_questions
+    from prune2drive_ros.ros.node import DriveVqaNode
+
+    root = make_sample_nuscenes(tmp_path / "nuscenes", scenes=1, keyframes=2, seed=3, progress=False)
+    bag = convert_nuscenes(root, "v1.0-mini", tmp_path / "bag", drivelm=root / "drivelm.json", progress=False)
+    questions = [q for group in _bag_questions(bag, 0) for q in group]
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = DriveVqaNode("drive_vqa_play", context=context, parameter_overrides=[
+        Parameter("model", value=str(tiny_model)), Parameter("vision_backend", value="torch"),
+        Parameter("device", value="cpu"), Parameter("dtype", value="float32"), Parameter("max_new_tokens", value=2),
+        Parameter("qos_reliability", value="reliable")])
+    listener = rclpy.create_node("play_listener", context=context)
+    records: list[dict] = []
+    listener.create_subscription(String, ANSWER_INFO_TOPIC, lambda m: records.append(json.loads(m.data)), 200)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(listener)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        assert node.autostart()
+        BagPlayer(bag, wait_for_subscribers=10).run(max_duration=120)
+        assert wait_for(lambda: len(records) >= len(questions), 240), (len(records), len(questions))
+    finally:
+        stop.set()
+        spinner.join(10)
+        node.release()
+        executor.shutdown(timeout_sec=1)
+        node.destroy_node()
+        listener.destroy_node()
+        rclpy.try_shutdown(context=context)
+    assert Counter(r["question"] for r in records) == Counter(questions)
+    assert all(r["source"] == "replay" for r in records)
+    outcome = Counter(r["status"] if r["status"] == "answered" else r["reason"] for r in records)
+    print(f"{len(questions)} questions: {dict(outcome)}")
+    # Nothing overflows or waits in vain: every question arrives while its keyframe's set is fresh.
+    assert outcome["answered"] == len(questions), outcome

@@ -62,16 +62,33 @@ class NodeProcess:
     def text(self) -> str:
         return self.log.read_text()
 
-    def stop(self, timeout: float = 20.0) -> int:
+    def stop(self, timeout: float = 20.0, signals: tuple[int, ...] = (signal.SIGINT,)) -> int:
+        """Send ``signals`` (0.2 s apart, while it runs); kill it if it has not ended ``timeout`` s later."""
+        self.exit_s = None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            for i, sig in enumerate(signals):
+                if i and wait_for(lambda: self.proc.poll() is not None, 0.2):
+                    break
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
+                self.exit_s = time.monotonic() - sent
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
         self._log_file.close()
         return self.proc.returncode
+
+    def state(self, outside: Outside) -> str:
+        client = outside.node.create_client(GetState, f"/{self.name}/get_state")
+        try:
+            assert client.wait_for_service(30)
+            future = client.call_async(GetState.Request())
+            assert wait_for(future.done, 30)
+            return future.result().current_state.label
+        finally:
+            outside.node.destroy_client(client)
 
 
 class Outside:
@@ -134,6 +151,17 @@ def node_params(model: Path, **extra: str) -> dict[str, str]:
             "dtype": "float32", **extra}
 
 
+EXIT_BOUND_S = 5.0
+"""The issue's bound from a signal to the end of the process, also with an answer in flight."""
+
+
+def assert_clean_exit(node: NodeProcess, code: int) -> None:
+    log = node.text()
+    assert code == 0, log
+    assert node.exit_s is not None and node.exit_s < EXIT_BOUND_S, f"exit took {node.exit_s} s\n{log}"
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
+
+
 def test_node_process_autostarts_answers_and_exits_on_sigint(tiny_model, outside, tmp_path) -> None:
     node = NodeProcess("drive_vqa_proc", node_params(tiny_model), tmp_path / "node.log")
     try:
@@ -146,9 +174,39 @@ def test_node_process_autostarts_answers_and_exits_on_sigint(tiny_model, outside
         assert outside.answer_statuses[-1]["question"] == "What is ahead?"
     finally:
         code = node.stop()
-    assert code == 0, node.text()
+    assert_clean_exit(node, code)
     log = node.text()
     assert "configured: device=cpu vision_backend=torch" in log and "active:" in log
+    assert "SIGINT: shutting down" in log
+    assert "Loading weights" not in log  # no progress bars in a node log
+
+
+@pytest.mark.parametrize("signals", [
+    (signal.SIGINT,),
+    (signal.SIGTERM,),
+    (signal.SIGINT, signal.SIGINT, signal.SIGINT),
+    (signal.SIGTERM, signal.SIGINT, signal.SIGTERM),
+], ids=["sigint", "sigterm", "sigint_x3", "mixed"])
+def test_signals_end_the_node_cleanly_with_an_answer_in_flight(tiny_model, outside, tmp_path, signals) -> None:
+    # Standing questions every 50 ms with long answers keep an inference running nearly all the time.
+    node = NodeProcess(f"drive_vqa_sig_{len(signals)}_{int(signals[0])}", node_params(
+        tiny_model, max_new_tokens="48", questions="['What is ahead?', 'Is it safe to turn left?']",
+        question_period_s="0.05"), tmp_path / "node.log")
+    try:
+        assert wait_for(lambda: outside.answer_statuses or node.proc.poll() is not None, START_TIMEOUT), node.text()
+        assert node.proc.poll() is None, node.text()
+    finally:
+        code = node.stop(signals=signals)
+    assert_clean_exit(node, code)
+
+
+def test_a_signal_while_the_model_loads_ends_the_node_cleanly(tiny_model, tmp_path) -> None:
+    node = NodeProcess("drive_vqa_loading", node_params(tiny_model), tmp_path / "node.log")
+    try:
+        assert wait_for(lambda: "configuring" in node.text() or node.proc.poll() is not None, START_TIMEOUT)
+    finally:
+        code = node.stop(signals=(signal.SIGINT, signal.SIGINT))
+    assert_clean_exit(node, code)
 
 
 def test_missing_model_fails_configure_but_the_process_stays_up(outside, tmp_path) -> None:
@@ -156,17 +214,30 @@ def test_missing_model_fails_configure_but_the_process_stays_up(outside, tmp_pat
     node = NodeProcess("drive_vqa_missing", node_params(missing), tmp_path / "node.log")
     try:
         assert wait_for(lambda: "configure failed" in node.text() or node.proc.poll() is not None, START_TIMEOUT)
-        time.sleep(1.0)
+        assert node.state(outside) == "unconfigured"
         assert node.proc.poll() is None, node.text()
         assert str(missing) in node.text()
-        client = outside.node.create_client(GetState, "/drive_vqa_missing/get_state")
-        assert client.wait_for_service(20)
-        future = client.call_async(GetState.Request())
-        assert wait_for(future.done, 20)
-        assert future.result().current_state.label == "unconfigured"
+    finally:
+        code = node.stop(signals=(signal.SIGTERM,))
+    assert_clean_exit(node, code)
+
+
+def test_bad_start_up_values_leave_the_process_up_and_unconfigured(tiny_model, outside, tmp_path) -> None:
+    node = NodeProcess("drive_vqa_badvals", node_params(tiny_model, retain="2.0", prune_layer="-1",
+                                                        max_new_tokens="0", sync_slop_s="1"), tmp_path / "node.log")
+    try:
+        assert wait_for(lambda: "autostart: configure failed" in node.text() or node.proc.poll() is not None,
+                        START_TIMEOUT), node.text()
+        assert node.state(outside) == "unconfigured"
+        log = node.text()
+        assert "retain must be in (0, 1], got 2.0" in log
+        assert "prune_layer must be in [0, 256], got -1" in log
+        assert "max_new_tokens must be in [1, 4096], got 0" in log
+        assert "restart the node with a corrected value" in log  # prune_layer and max_new_tokens are read-only
+        assert "sync_slop_s" not in log  # an integer for a double is fine
     finally:
         code = node.stop()
-    assert code == 0, node.text()
+    assert_clean_exit(node, code)
 
 
 def _soak(model: Path, outside: Outside, log: Path, duration: float) -> None:
@@ -201,15 +272,16 @@ def _soak(model: Path, outside: Outside, log: Path, duration: float) -> None:
         assert int(health["question_queue_depth"]) <= 16
     answers = [int(h["answers"]) for _, _, h in samples]
     assert answers[-1] > answers[len(answers) // 2] > 0, "answers stopped"
-    # RSS swings by ~50 MB within each inference (activations come and go) and the allocator now and
-    # then hands a chunk back for a moment, so compare like with like, robust to single samples:
-    # after the warm-up, the later half's floor (25th percentile: what stays resident) and peak
-    # (90th percentile) must not exceed the earlier half's. A leak grows steadily and still shows.
+    # RSS swings by ~50 MB within each inference (activations come and go) and the allocator hands
+    # chunks back for a while (a low mode ~50 MB down, a fifth to a third of the samples on a loaded
+    # machine; a 25th percentile fell between the modes and flipped by 10 MB without a leak). So compare
+    # like with like: after the warm-up, the later half's median (the resident level) and peak (90th
+    # percentile) must not exceed the earlier half's. A leak raises both modes and still shows.
     settled = [r for t, r in rss if t >= duration * 0.3]
     early, late = sorted(settled[: len(settled) // 2]), sorted(settled[len(settled) // 2:])
 
     def floor(values: list[float]) -> float:
-        return values[len(values) // 4]
+        return values[len(values) // 2]
 
     def peak(values: list[float]) -> float:
         return values[(len(values) * 9) // 10]

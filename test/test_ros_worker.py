@@ -14,7 +14,7 @@ from prune2drive_ros.cameras import CAMERA_NAMES, NUM_CAMERAS
 from prune2drive_ros.ros.diagnostics import ANSWER_KEYS, ERROR, OK, WARN, HealthMonitor, answer_values
 from prune2drive_ros.ros.image_codec import ImageDecodeError
 from prune2drive_ros.ros.synchronizer import SyncedSet
-from prune2drive_ros.ros.worker import InferenceWorker
+from prune2drive_ros.ros.worker import LIVE, REPLAY, InferenceWorker, Question
 
 
 def wait_for(predicate, timeout: float = 10.0, period: float = 0.01) -> bool:
@@ -79,8 +79,11 @@ class Harness:
         self.runner = runner or StandInRunner()
         self.events = []
         self.drops = []
+        self.dropped_questions: list[tuple[Question, str]] = []
         self.worker = InferenceWorker(self.runner, decode or (lambda item: item), on_answer=self.events.append,
-                                      on_drop=lambda reason, msg: self.drops.append((reason, msg)), **kwargs)
+                                      on_drop=lambda reason, msg: self.drops.append((reason, msg)),
+                                      on_question_dropped=lambda q, reason, msg: self.dropped_questions.append(
+                                          (q, reason)), **kwargs)
 
     def __enter__(self):
         self.worker.start()
@@ -134,6 +137,80 @@ def test_question_queue_is_bounded() -> None:
     assert [e.question for e in h.events] == ["q7", "q8", "q9"]
     assert [qs for _, qs in h.runner.calls] == [["q7", "q8"], ["q9"]]
     assert sum(r == "question_overflow" for r, _ in h.drops) == 7
+
+
+def test_live_questions_go_first_and_a_replay_flood_never_drops_them() -> None:
+    with Harness(max_questions=4, max_replay_questions=8, max_batch=3) as h:
+        h.runner.gate.clear()
+        h.worker.submit(make_set(1))
+        h.worker.ask("warm-up")
+        assert h.runner.started.wait(5)
+        for i in range(20):  # a bag replays a burst of questions
+            h.worker.ask(f"replayed {i}", REPLAY)
+        mine = h.worker.ask("a person's question")
+        h.runner.gate.set()
+        assert wait_for(lambda: len(h.events) == 1 + 1 + 8)
+    # The live question jumps the replayed ones; the replay queue overflowed into its own oldest.
+    assert h.runner.calls[1][1][0] == "a person's question"
+    assert h.events[1].question_id == mine.id and h.events[1].source == LIVE
+    overflowed = [q for q, reason in h.dropped_questions if reason == "question_overflow"]
+    assert [q.text for q in overflowed] == [f"replayed {i}" for i in range(12)]
+    assert all(q.source == REPLAY for q in overflowed)
+
+
+def test_every_question_is_answered_or_dropped_once() -> None:
+    with Harness(max_questions=2, max_batch=2, question_timeout_s=0.3) as h:
+        asked = [h.worker.ask(f"q{i}") for i in range(5)]  # 3 overflow
+        assert wait_for(lambda: len(h.dropped_questions) == 5)  # the other 2 expire: no camera set
+        asked.append(h.worker.ask("after"))
+        h.worker.submit(make_set(1))
+        assert wait_for(lambda: len(h.events) == 1)
+        h.worker.forget_set()  # time ran backwards: nothing to answer on
+        asked.append(h.worker.ask("never answerable"))
+    assert h.worker.drain("shutdown", "stopped") == 1
+    reasons = {q.text: reason for q, reason in h.dropped_questions}
+    assert reasons == {"q0": "question_overflow", "q1": "question_overflow", "q2": "question_overflow",
+                       "q3": "no_camera_set", "q4": "no_camera_set", "never answerable": "shutdown"}
+    assert [e.question for e in h.events] == ["after"]
+    ids = [q.id for q, _ in h.dropped_questions] + [e.question_id for e in h.events]
+    assert sorted(ids) == sorted(q.id for q in asked)
+
+
+def test_a_question_is_answered_on_the_set_that_was_fresh_when_it_was_asked() -> None:
+    # The bag ended: its last set is 0.4 s old now, older than max_set_age_s would allow for a new question,
+    # but a question that arrived while it was fresh still gets it.
+    with Harness(max_set_age_s=0.5) as h:
+        h.runner.gate.clear()
+        h.worker.submit(make_set(1))
+        h.worker.ask("first")
+        assert h.runner.started.wait(5)
+        h.worker.ask("asked while the set was fresh")
+        time.sleep(0.6)
+        h.worker.ask("asked after the cameras stopped")
+        h.runner.gate.set()
+        assert wait_for(lambda: len(h.events) == 2)
+        time.sleep(0.3)
+        assert [e.question for e in h.events] == ["first", "asked while the set was fresh"]
+        assert h.worker.queue_depth() == 1
+
+
+def test_stop_is_bounded_and_idempotent_with_an_inference_in_flight() -> None:
+    h = Harness()
+    h.worker.start()
+    h.runner.gate.clear()
+    h.worker.submit(make_set(1))
+    h.worker.ask("slow")
+    assert h.runner.started.wait(5)
+    t0 = time.monotonic()
+    assert not h.worker.stop(0.2)
+    assert not h.worker.stop(0.2)
+    assert time.monotonic() - t0 < 5
+    h.worker.start()  # the same thread carries on; no second one
+    assert h.worker.running
+    h.runner.gate.set()
+    assert wait_for(lambda: len(h.events) == 1)
+    assert h.worker.stop(5) and h.worker.stop(5)
+    assert not h.worker.running
 
 
 def test_stale_sets_are_not_used() -> None:
@@ -305,3 +382,27 @@ def test_decode_error_reason_reaches_on_drop(reason: str) -> None:
         h.worker.ask("q")
         assert wait_for(lambda: h.drops)
     assert h.drops[0][0] == reason
+
+
+def test_health_warns_when_cameras_stream_but_no_set_forms() -> None:
+    clock = SimpleNamespace(now=100.0)
+    health = HealthMonitor(CAMERA_NAMES, 1.0, stall_after_s=2.0, clock=lambda: clock.now)
+    late = 0
+    levels = []
+    for _ in range(4):
+        for _ in range(12):
+            for cam in range(NUM_CAMERAS):
+                health.frame(cam)
+        late += 72
+        clock.now += 1.0
+        levels.append(health.report({"dropped.late": late, "frames_unmatched": 3}))
+    assert [lvl for lvl, _, _ in levels] == [OK, OK, WARN, WARN]
+    _, message, values = levels[-1]
+    assert "cameras streaming but no synchronized set for 4.0 s" in message
+    assert "older than their camera's last set" in message and "dropped.late +72" in message
+    assert dict(values)["sets_per_s"] == "0.00"
+    for cam in range(NUM_CAMERAS):
+        health.frame(cam)
+    health.synced()
+    clock.now += 0.5
+    assert health.report({"dropped.late": late})[0] == OK

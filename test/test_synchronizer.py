@@ -156,7 +156,7 @@ def test_start_in_the_middle_of_a_sweep() -> None:
 def test_late_and_duplicate_frames_are_counted() -> None:
     sync = Synchronizer()
     feed(sync, rig_frames(4))
-    outcome, sets = sync.add(0, 10 * NS_PER_S, "old")
+    outcome, sets = sync.add(0, rig_frames(4)[6][2], "old")  # sweep 1 (consumed), not a rewind
     assert (outcome, sets) == (LATE, [])
     stamp = rig_frames(4)[-1][2]
     assert sync.add(4, stamp, "dup")[0] == LATE
@@ -180,6 +180,56 @@ def test_bag_loop_resets_and_keeps_going() -> None:
     stats = sync.stats()
     assert stats.time_jumps == 1
     assert stats.late == 1
+
+
+def play_loops(sync: Synchronizer, clock: FakeClock, bag_sweeps: int, loops: int) -> list[list[set[int]]]:
+    """Sweeps of the sets each pass of a looping bag yields; the clock follows the bag time."""
+    bag = rig_frames(bag_sweeps, start_ns=50 * NS_PER_S)
+    per_pass = []
+    for loop in range(loops):
+        sets = []
+        for k, cam, stamp in bag:
+            clock.now = loop * bag_sweeps / 12 + (stamp - bag[0][2]) / NS_PER_S
+            sets += sync.add(cam, stamp, (k, cam))[1]
+        per_pass.append(sweeps_of(sets))
+    return per_pass
+
+
+@pytest.mark.parametrize("bag_sweeps", [12, 5])
+def test_a_short_bag_looping_keeps_forming_sets(bag_sweeps: int) -> None:
+    """A 1 s bag (12 sweeps) and a 0.4 s one played in a loop: the old and new timelines overlap in
+    stamps, the rewind is seen at its first frame and every pass yields its sets."""
+    clock = FakeClock()
+    sync = Synchronizer(slop=0.08, clock=clock)
+    per_pass = play_loops(sync, clock, bag_sweeps, 6)
+    # One reset per pass; each pass loses only the sweep that was waiting for its certificate.
+    assert sync.stats().time_jumps == 5
+    assert per_pass == [[{k} for k in range(bag_sweeps - 1)]] * 6
+
+
+def test_a_rewind_below_the_jump_threshold_is_found_by_its_late_frames() -> None:
+    # 3 sweeps: a step back of 0.17 s, inside jump_threshold; only late frames arrive until late_reset_s.
+    clock = FakeClock()
+    sync = Synchronizer(slop=0.08, clock=clock)
+    per_pass = play_loops(sync, clock, 3, 24)
+    assert sync.stats().time_jumps >= 1
+    recovered = [i for i, sets in enumerate(per_pass) if i > 0 and sets]
+    assert recovered and recovered[0] <= 1 + round(sync.late_reset_s * 12 / 3) + 1, per_pass
+    assert all(len(s) == 1 for sets in per_pass for s in sets)
+
+
+def test_stragglers_of_the_old_timeline_do_not_reset_twice() -> None:
+    clock = FakeClock()
+    sync = Synchronizer(slop=0.08, jump_threshold=0.5, clock=clock)
+    first = rig_frames(12, start_ns=10 * NS_PER_S)
+    feed(sync, first)
+    # CAM_FRONT loops first; CAM_BACK's next frame of the old timeline is still in flight.
+    assert sync.add(0, first[0][2], (0, 0))[0] == TIME_JUMP
+    back_last = max(f[2] for f in first if f[1] == 3)
+    assert sync.add(3, back_last + PERIOD_NS, (99, 3))[0] == LATE
+    more = feed(sync, [f for f in rig_frames(12, start_ns=10 * NS_PER_S) if f[:2] != (0, 0)])
+    assert sweeps_of(more) == [{k} for k in range(11)]
+    assert sync.stats().time_jumps == 1
 
 
 def test_queues_stay_bounded_when_a_camera_stops() -> None:

@@ -5,10 +5,15 @@ its type (``rosmsg.to_rclpy``) and publishes it, paced by the bag's timestamps s
 Header stamps are left as recorded. Where ``ros2 bag play`` exists, prefer it; this covers the same
 everyday use (rate, loop, topic filter, /clock).
 
-QoS: RELIABLE, keep-last 10, volatile on every topic. Our node subscribes best-effort, and a best-effort
-subscription matches a reliable publisher (never the other way round), so reliable serves it as well as
-``ros2 topic echo``, rviz and other reliable subscribers. /clock uses rclpy's own clock profile (best effort,
-depth 1), which is what rclpy's TimeSource subscribes with.
+QoS: RELIABLE, keep-last 10 (100 for the question bursts), volatile on every topic. Our node subscribes
+best-effort, and a best-effort subscription matches a reliable publisher (never the other way round), so
+reliable serves it as well as ``ros2 topic echo``, rviz and other reliable subscribers. /clock uses rclpy's
+own clock profile (best effort, depth 1), which is what rclpy's TimeSource subscribes with.
+
+Looping: the cameras repeat, but the bag's questions (``/vlm/question``) are sent on the first pass only
+(``loop_questions`` / ``--loop-questions`` repeats them too): a recorded question asked again on every
+pass would only crowd the node's queue. The node recognises this player (node name
+``prune2drive_player``) and queues its questions behind a person's.
 
 rclpy is imported only when a player runs, and each player lives in its own rclpy context, so it can run
 next to a node (in a thread, as the demo does) without touching the default context.
@@ -25,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 CLOCK_TOPIC = "/clock"
+QUESTION_TOPIC = "/vlm/question"
 QOS_DEPTH = 10
+QUESTION_QOS_DEPTH = 100
 DRAIN_TIMEOUT_S = 2.0  # after the last message, wait this long at most for reliable deliveries to be acked
 
 
@@ -39,7 +46,8 @@ class BagPlayer:
 
     def __init__(self, bag: str | Path, rate: float = 1.0, loop: bool = False, topics: Sequence[str] | None = None,
                  clock: bool = False, *, clock_hz: float = 40.0, wait_for_subscribers: float = 0.0,
-                 serialized: bool = False, node_name: str = "prune2drive_player") -> None:
+                 serialized: bool = False, loop_questions: bool = False,
+                 node_name: str = "prune2drive_player") -> None:
         """
         Args:
             bag: rosbag2 folder (or its .mcap/.db3 file's folder).
@@ -52,6 +60,7 @@ class BagPlayer:
                 the wait the first messages can go to nobody).
             serialized: publish the bag's CDR bytes as they are instead of converting messages (faster; the bag's
                 type definitions must match the installed ones).
+            loop_questions: with ``loop``, send the bag's questions on every pass (default: the first only).
         """
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
@@ -65,6 +74,7 @@ class BagPlayer:
         self.clock_hz = clock_hz
         self.wait_for_subscribers = wait_for_subscribers
         self.serialized = serialized
+        self.loop_questions = loop_questions
         self.node_name = node_name
         self.published = 0
         self.loops_completed = 0
@@ -93,8 +103,13 @@ class BagPlayer:
                 publishers = self._publishers(node, connections)
                 clock_pub = self._clock_publisher(node) if self.clock else None
                 self._wait_for_matches(node, publishers, stop, deadline)
+                passes = 0
                 while not stop.is_set():
-                    finished = self._play_once(reader, connections, publishers, clock_pub, stop, deadline)
+                    selected = connections
+                    if passes and not self.loop_questions:
+                        selected = [c for c in connections if c.topic != QUESTION_TOPIC] or connections
+                    finished = self._play_once(reader, selected, publishers, clock_pub, stop, deadline)
+                    passes += 1
                     if not finished or not self.loop:
                         break
                     self.loops_completed += 1
@@ -124,11 +139,16 @@ class BagPlayer:
 
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=QOS_DEPTH, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
+        # A keyframe's questions are recorded 1 ms apart: a keep-last-10 writer could overwrite some of such a
+        # burst before the reader has them.
+        burst_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=QUESTION_QOS_DEPTH,
+                               reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
         publishers: dict = {}
         by_topic: dict = {}
         for conn in connections:
             if conn.topic not in by_topic:
-                by_topic[conn.topic] = node.create_publisher(message_class(conn.msgtype), conn.topic, qos)
+                by_topic[conn.topic] = node.create_publisher(message_class(conn.msgtype), conn.topic,
+                                                             burst_qos if conn.topic == QUESTION_TOPIC else qos)
             publishers[conn.id] = by_topic[conn.topic]
         return publishers
 
@@ -223,13 +243,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wait up to SECONDS for subscribers that exist to be matched before playing")
     parser.add_argument("--serialized", action="store_true",
                         help="publish the stored CDR bytes without converting messages (faster)")
+    parser.add_argument("--loop-questions", action="store_true",
+                        help=f"with --loop, send the bag's {QUESTION_TOPIC} messages on every pass (default: first only)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         player = BagPlayer(args.bag, rate=args.rate, loop=args.loop, topics=args.topics, clock=args.clock,
                            clock_hz=args.clock_hz, wait_for_subscribers=args.wait_for_subscribers,
-                           serialized=args.serialized)
+                           serialized=args.serialized, loop_questions=args.loop_questions)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

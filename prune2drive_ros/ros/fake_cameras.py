@@ -50,7 +50,9 @@ def synthetic_views(width: int, height: int, variants: int = VARIANTS) -> list[l
 class FakeCameraRig(Node):
     def __init__(self, node_name: str = "fake_cameras", *, rate_hz: float = 12.0, transport: str = "compressed",
                  width: int = 160, height: int = 90, jitter_ms: float = 0.0, reliability: str = "best_effort",
-                 topics: Sequence[str] | None = None, autostart: bool = True, **kwargs) -> None:
+                 topics: Sequence[str] | None = None, autostart: bool = True, loop_sweeps: int = 0,
+                 **kwargs) -> None:
+        """``loop_sweeps`` > 0 replays the same stamps every that many sweeps, like a short bag in a loop."""
         super().__init__(node_name, **kwargs)
         self.rate_hz = self.declare_parameter("rate_hz", rate_hz).value
         self.transport = self.declare_parameter("image_transport", transport).value
@@ -72,9 +74,13 @@ class FakeCameraRig(Node):
         self.overrides: dict[int, object] = {}
         """Camera index -> a message to publish instead of the synthetic frame (stamp still set)."""
         self.sweep = 0
+        self.loop_sweeps = loop_sweeps
         self.published = 0
         self._base_ns = self.get_clock().now().nanoseconds
-        self._timer = self.create_timer(1.0 / self.rate_hz, self._tick, autostart=autostart)
+        # create_timer(..., autostart=) is newer than Humble: cancel instead.
+        self._timer = self.create_timer(1.0 / self.rate_hz, self._tick)
+        if not autostart:
+            self._timer.cancel()
 
     def _message(self, rgb: np.ndarray):
         if self.transport == "compressed":
@@ -99,7 +105,8 @@ class FakeCameraRig(Node):
         with self._lock:
             k = self.sweep
             self.sweep += 1
-            sweep_ns = self._base_ns + int(k * NS / self.rate_hz)
+            stamp_k = k % self.loop_sweeps if self.loop_sweeps else k
+            sweep_ns = self._base_ns + int(stamp_k * NS / self.rate_hz)
         order = sorted(range(NUM_CAMERAS), key=lambda i: CAMERAS[i].fire_offset_ms)
         for cam in order:
             if cam in self.muted:

@@ -24,10 +24,20 @@ Rule (oldest first, smallest spread, emitted once it is certain):
    ``frames_unmatched``.
 
 A stream that fires late is simply reordered into its queue. A frame older than what its stream has
-already delivered into a set is ``late`` and dropped. A stamp more than ``jump_threshold`` older than
-the newest seen means time ran backwards (a bag looped): everything pending is dropped and
-``time_jumps`` counted; frames of the old timeline still in flight for ``straggler_window`` seconds
-are dropped as ``late`` rather than triggering a second reset.
+already delivered into a set is ``late`` and dropped.
+
+Time running backwards (a bag loop, a restarted replay, a simulator reset) must never stall the sets:
+
+- A stream whose stamp steps back more than ``jump_threshold`` behind its own previous frame has
+  started another timeline (each stream arrives in order; DDS keeps one writer's samples in order).
+- A stream that keeps delivering only ``late`` frames for ``late_reset_s`` seconds has too, by less
+  than the threshold (a bag shorter than it).
+
+Either resets the synchronizer: everything pending is dropped and ``time_jumps`` counted. The other
+streams' frames of the old timeline still in flight (newer than that stream's last frame) are
+dropped as ``late`` until that stream steps back itself (or ``straggler_window`` seconds pass),
+rather than triggering a second reset. This works whatever the length of the bag, also when the old
+and new timelines overlap in stamps.
 
 Stamps are ``int`` nanoseconds or ``float`` seconds. ``add`` never blocks beyond a short lock and does
 O(queued frames) work, so it can run in a subscription callback.
@@ -117,8 +127,9 @@ class Synchronizer:
         *,
         slop: float = 0.08,
         queue_size: int = 10,
-        jump_threshold: float = 1.0,
+        jump_threshold: float = 0.25,
         straggler_window: float = 1.0,
+        late_reset_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if num_streams < 1:
@@ -135,6 +146,7 @@ class Synchronizer:
         self.queue_size = queue_size
         self.jump_ns = to_ns(float(jump_threshold))
         self.straggler_window = straggler_window
+        self.late_reset_s = late_reset_s
         self._clock = clock
         self._lock = threading.Lock()
         self._frames_in = [0] * num_streams
@@ -155,30 +167,37 @@ class Synchronizer:
         with self._lock:
             self._frames_in[index] += 1
             outcome = QUEUED
-            if self._newest is not None and stamp_ns < self._newest - self.jump_ns:
-                self._reset_locked(now)
-                self._time_jumps += 1
+            if self._is_straggler(index, stamp_ns, now):
+                self._late += 1
+                return LATE, []
+            last = self._last[index]
+            if last is not None and stamp_ns < last - self.jump_ns:
+                self._time_jump_locked(index, now)
                 outcome = TIME_JUMP
-            elif self._is_straggler(stamp_ns, now):
-                self._late += 1
-                return LATE, []
-            if stamp_ns <= self._consumed[index]:
-                self._late += 1
-                return LATE, []
             queue = self._queues[index]
             stamps = self._stamps[index]
             pos = bisect.bisect_left(stamps, stamp_ns)
-            if pos < len(stamps) and stamps[pos] == stamp_ns:
-                # A duplicate stamp from one camera carries no new information.
+            # Older than this stream's last set member, or a duplicate stamp (no new information).
+            if stamp_ns <= self._consumed[index] or (pos < len(stamps) and stamps[pos] == stamp_ns):
                 self._late += 1
-                return LATE, []
+                since = self._late_since[index]
+                if since is None:
+                    self._late_since[index] = now
+                    return LATE, []
+                if now - since <= self.late_reset_s:
+                    return LATE, []
+                # Only late frames for a while: this stream went back by less than jump_threshold.
+                self._time_jump_locked(index, now)
+                self._late -= 1
+                outcome = TIME_JUMP
+                queue, stamps, pos = self._queues[index], self._stamps[index], 0
+            self._late_since[index] = None
             queue.insert(pos, _Frame(stamp_ns, now, item))
             stamps.insert(pos, stamp_ns)
             if len(queue) > self.queue_size:
                 del queue[0], stamps[0]
                 self._unmatched += 1
-            self._newest = stamp_ns if self._newest is None else max(self._newest, stamp_ns)
-            self._last[index] = max(self._last[index], stamp_ns)
+            self._last[index] = stamp_ns if last is None or outcome == TIME_JUMP else max(last, stamp_ns)
             return outcome, self._process_locked(now)
 
     def reset(self) -> None:
@@ -207,29 +226,34 @@ class Synchronizer:
         self._queues: list[list[_Frame]] = [[] for _ in range(self.num_streams)]
         self._stamps: list[list[int]] = [[] for _ in range(self.num_streams)]
         # Newest stamp each stream has delivered, and the stamp of its last member of an emitted set.
-        self._last = [-(2**63)] * self.num_streams
+        self._last: list[int | None] = [None] * self.num_streams
         self._consumed = [-(2**63)] * self.num_streams
-        self._newest: int | None = None
-        self._rewound_from: int | None = None
+        self._late_since: list[float | None] = [None] * self.num_streams
+        # After a time jump: each stream's newest stamp of the old timeline, until it steps back too.
+        self._old_last: list[int | None] = [None] * self.num_streams
         self._rewound_at = 0.0
 
     def _reset_locked(self, now: float | None) -> None:
         self._unmatched += sum(len(q) for q in self._queues)
-        previous = self._newest
         self._clear()
-        if now is not None and previous is not None:
-            self._rewound_from = previous
-            self._rewound_at = now
 
-    def _is_straggler(self, stamp_ns: int, now: float) -> bool:
-        """A frame of the timeline before a rewind, still in flight when the new one started."""
-        if self._rewound_from is None:
+    def _time_jump_locked(self, index: int, now: float) -> None:
+        old_last = list(self._last)
+        self._reset_locked(now)
+        self._time_jumps += 1
+        self._old_last = old_last
+        self._old_last[index] = None  # this stream is on the new timeline already
+        self._rewound_at = now
+
+    def _is_straggler(self, index: int, stamp_ns: int, now: float) -> bool:
+        """A frame of the timeline before a jump, from a stream that has not stepped back yet."""
+        old_last = self._old_last[index]
+        if old_last is None:
             return False
-        if now - self._rewound_at > self.straggler_window:
-            self._rewound_from = None
+        if now - self._rewound_at > self.straggler_window or stamp_ns <= old_last:
+            self._old_last[index] = None  # this stream has joined the new timeline (or went quiet)
             return False
-        old_timeline = self._rewound_from - self.jump_ns
-        return stamp_ns >= old_timeline and (self._newest is None or self._newest < old_timeline)
+        return True
 
     def _process_locked(self, now: float) -> list[SyncedSet]:
         emitted: list[SyncedSet] = []

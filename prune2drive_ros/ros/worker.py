@@ -5,17 +5,25 @@ questions over; this thread does the decoding and the model work.
 
 - Sets: a single slot holds the most recent set. A newer set replaces it; one that arrives while an
   inference runs and is replaced before the worker could use it counts as ``sets_dropped``.
-- Questions: a bounded FIFO (the oldest is dropped when full). The worker takes every pending question
-  (up to ``max_batch``) and answers them in one ``runner.answer`` call on the most recent set, so they
-  share its visual prefix. Standing questions are a flag, not queue entries, so a period shorter than
-  an inference cannot pile them up.
-- A set is used only while fresh (``max_set_age_s``); questions wait for a fresh one. The decoded images
-  of the last set are kept, so more questions on the same set skip decoding.
+- Questions: two bounded FIFOs, one per source. ``live`` questions (a person, an application) always go
+  first; ``replay`` questions (recorded in a bag and played back) fill the rest of a batch. A full queue
+  drops its own oldest question, so a replay flood can never push out a live question. The worker takes
+  the pending questions (up to ``max_batch``) and answers them in one ``runner.answer`` call on the most
+  recent set, so they share its visual prefix. Standing questions are a flag, not queue entries, so a
+  period shorter than an inference cannot pile them up.
+- A question is answered on the newest set that was fresh when it was asked (completed at most
+  ``max_set_age_s`` before it) or on any newer one; it waits for such a set at most ``question_timeout_s``.
+  So the questions of a bag's last keyframe are still answered after the replay ends, and a question
+  is never answered on a view older than the one the asker saw.
+- Every question ends in exactly one of ``on_answer`` or ``on_question_dropped`` (with a reason): overflow,
+  no camera set in time, a failed inference, or the worker stopping.
+- The decoded images of the last set are kept, so more questions on the same set skip decoding.
 - Budget changes are applied between inferences, never during one.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
@@ -27,6 +35,20 @@ import numpy as np
 
 from prune2drive_ros.ros.image_codec import ImageDecodeError
 from prune2drive_ros.ros.synchronizer import SyncedSet
+
+LIVE, REPLAY, STANDING = "live", "replay", "standing"
+"""Question sources: on-demand questions, questions played back from a bag, the standing questions."""
+
+_question_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    source: str = LIVE
+    asked: float = 0.0
+    """Clock reading when it arrived."""
+    id: int = field(default_factory=lambda: next(_question_ids))
 
 
 @dataclass
@@ -40,6 +62,10 @@ class AnswerEvent:
     batch_size: int
     set_age_ms: float
     """From the set's completion to the start of its inference."""
+    question_id: int = 0
+    source: str = LIVE
+    wait_ms: float = 0.0
+    """From the question's arrival to the start of its inference."""
 
 
 class InferenceWorker:
@@ -50,20 +76,30 @@ class InferenceWorker:
         *,
         on_answer: Callable[[AnswerEvent], None],
         on_drop: Callable[[str, str], None],
+        on_question_dropped: Callable[[Question, str, str], None] | None = None,
         max_questions: int = 16,
+        max_replay_questions: int | None = None,
         max_batch: int = 8,
         max_set_age_s: float = 1.0,
+        question_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``on_drop(reason, message)`` counts every drop; ``on_question_dropped(question, reason, message)``
+        also hears which question it was (the worker calls it after ``on_drop``)."""
         self.runner = runner
         self._decode = decode
         self._on_answer = on_answer
         self._on_drop = on_drop
+        self._on_question_dropped = on_question_dropped
         self.max_batch = max_batch
         self.max_set_age_s = max_set_age_s
+        self.question_timeout_s = question_timeout_s
         self._clock = clock
         self._cond = threading.Condition()
-        self._questions: deque[str] = deque(maxlen=max_questions)
+        self._queues: dict[str, deque[Question]] = {
+            LIVE: deque(maxlen=max_questions),
+            REPLAY: deque(maxlen=max_replay_questions or max_questions),
+        }
         self._standing: list[str] = []
         self._standing_due = False
         self._latest: SyncedSet | None = None
@@ -86,19 +122,41 @@ class InferenceWorker:
     def start(self) -> None:
         with self._cond:
             self._stop = False
-        self._thread = threading.Thread(target=self._run, name="drive_vqa_inference", daemon=True)
-        self._thread.start()
+            if self._thread is not None and self._thread.is_alive():
+                return  # a stop() that timed out: that thread carries on
+            self._thread = threading.Thread(target=self._run, name="drive_vqa_inference", daemon=True)
+            self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Stop after the current inference; False if it did not finish within ``timeout``."""
+        """Stop after the current inference; False if it is still running after ``timeout`` seconds.
+
+        Idempotent and bounded: call it again to wait more. An inference cannot be interrupted, so a
+        False means the runner is still in use and must not be closed yet.
+        """
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
+            thread = self._thread
+        if thread is None:
+            return True
+        thread.join(max(timeout, 0.0))
+        if thread.is_alive():
+            return False
+        with self._cond:
+            if self._thread is thread:
+                self._thread = None
         return True
+
+    def drain(self, reason: str, message: str) -> int:
+        """Report every waiting question as dropped (the node stops listening); returns how many."""
+        with self._cond:
+            waiting = [q for queue in self._queues.values() for q in queue]
+            for queue in self._queues.values():
+                queue.clear()
+            self._standing_due = False
+        for question in waiting:
+            self._dropped(question, reason, message)
+        return len(waiting)
 
     @property
     def running(self) -> bool:
@@ -121,14 +179,21 @@ class InferenceWorker:
         with self._cond:
             self._latest = None
 
-    def ask(self, question: str) -> None:
+    def ask(self, question: str | Question, source: str = LIVE) -> Question:
+        """Queue a question (text or a ready ``Question``); returns it, with its id."""
+        if isinstance(question, str):
+            question = Question(question, source, self._clock())
+        queue = self._queues[question.source]
+        dropped = None
         with self._cond:
-            if len(self._questions) == self._questions.maxlen:
-                dropped = self._questions[0]
-                self.questions_dropped += 1
-                self._on_drop("question_overflow", f"question queue full; dropped {dropped[:60]!r}")
-            self._questions.append(question)
+            if len(queue) == queue.maxlen:
+                dropped = queue.popleft()
+            queue.append(question)
             self._cond.notify()
+        if dropped is not None:
+            self._dropped(dropped, "question_overflow",
+                          f"{dropped.source} question queue full ({queue.maxlen}); dropped the oldest")
+        return question
 
     def set_standing(self, questions: Sequence[str]) -> None:
         with self._cond:
@@ -152,7 +217,7 @@ class InferenceWorker:
 
     def queue_depth(self) -> int:
         with self._cond:
-            return len(self._questions)
+            return sum(len(q) for q in self._queues.values())
 
     def stats(self) -> dict[str, int]:
         with self._cond:
@@ -161,42 +226,81 @@ class InferenceWorker:
                 "inferences": self.inferences,
                 "sets_dropped": self.sets_dropped,
                 "questions_dropped": self.questions_dropped,
-                "question_queue_depth": len(self._questions),
+                "question_queue_depth": sum(len(q) for q in self._queues.values()),
+                "question_queue_depth.live": len(self._queues[LIVE]),
+                "question_queue_depth.replay": len(self._queues[REPLAY]),
             }
+
+    def _dropped(self, question: Question, reason: str, message: str) -> None:
+        """Count and report one question that will not be answered (call without the lock)."""
+        with self._cond:
+            self.questions_dropped += 1
+        self._on_drop(reason, f"question #{question.id} {question.text[:60]!r} dropped: {message}")
+        if self._on_question_dropped is not None:
+            self._on_question_dropped(question, reason, message)
 
     # -- the thread ------------------------------------------------------------------------------
 
-    def _fresh(self) -> bool:
-        return (
-            self._latest is not None
-            and self._latest_serial != self._bad_serial
-            and self._clock() - self._latest.completed <= self.max_set_age_s
-        )
+    def _usable(self, asked: float) -> bool:
+        """Is the held set good for a question asked at ``asked`` (fresh then, or newer)?"""
+        latest = self._latest
+        return (latest is not None and self._latest_serial != self._bad_serial
+                and latest.completed >= asked - self.max_set_age_s)
+
+    def _answerable(self) -> bool:
+        # Queues are in arrival order, so the oldest question accepts a set whenever any does.
+        return (any(queue and self._usable(queue[0].asked) for queue in self._queues.values())
+                or (self._standing_due and self._usable(self._clock())))
 
     def _ready(self) -> bool:
-        return self._budgets is not None or ((bool(self._questions) or self._standing_due) and self._fresh())
+        return self._budgets is not None or self._answerable()
+
+    def _expired(self) -> list[Question]:
+        """Questions that waited longer than question_timeout_s for a usable set (call with the lock)."""
+        now = self._clock()
+        expired = []
+        for queue in self._queues.values():
+            while queue and now - queue[0].asked > self.question_timeout_s and not self._usable(queue[0].asked):
+                expired.append(queue.popleft())
+        return expired
+
+    def _take(self) -> list[Question]:
+        """Up to max_batch answerable questions, live ones first (call with the lock)."""
+        taken: list[Question] = []
+        for source in (LIVE, REPLAY):
+            queue = self._queues[source]
+            while queue and len(taken) < self.max_batch and self._usable(queue[0].asked):
+                taken.append(queue.popleft())
+        return taken
 
     def _run(self) -> None:
         while True:
             with self._cond:
+                expired: list[Question] = []
                 while not self._stop and not self._ready():
-                    # Inputs and stop() notify; the timeout only bounds the cost of a missed wake-up.
+                    # Inputs and stop() notify; the timeout bounds a missed wake-up and paces the expiry.
                     self._cond.wait(timeout=0.25)
+                    expired = self._expired()
+                    if expired:
+                        break
                 if self._stop:
                     return
                 budgets, self._budgets = self._budgets, None
                 synced, serial = None, 0
-                pending: list[str] = []
-                standing: list[str] = []
-                if (self._questions or self._standing_due) and self._fresh():
+                pending: list[Question] = []
+                standing: list[Question] = []
+                if not expired and self._answerable():
                     synced, serial = self._latest, self._latest_serial
                     self._latest_used = True
-                    while self._questions and len(pending) < self.max_batch:
-                        pending.append(self._questions.popleft())
-                    if self._standing_due:
-                        standing = list(self._standing)
+                    pending = self._take()
+                    if self._standing_due and self._usable(self._clock()):
+                        now = self._clock()
+                        standing = [Question(text, STANDING, now) for text in self._standing]
                         self._standing_due = False
                 self._busy = True
+            for question in expired:
+                self._dropped(question, "no_camera_set",
+                              f"no synchronized camera set within {self.question_timeout_s:g} s")
             try:
                 if budgets is not None:
                     self._apply_budgets(budgets)
@@ -241,31 +345,35 @@ class InferenceWorker:
         with self._cond:
             self._bad_serial = serial
 
-    def _answer(self, synced: SyncedSet, serial: int, pending: list[str], standing: list[str]) -> None:
+    def _answer(self, synced: SyncedSet, serial: int, pending: list[Question], standing: list[Question]) -> None:
         started = self._clock()
         decoded = self._images(synced, serial)
         if decoded is None:
-            # The questions go back to the front of the queue and wait for the next good set.
+            # The questions go back to the front of their queues and wait for the next good set.
+            overflow = []
             with self._cond:
                 for question in reversed(pending):
-                    if len(self._questions) < (self._questions.maxlen or 0):
-                        self._questions.appendleft(question)
+                    queue = self._queues[question.source]
+                    if len(queue) < (queue.maxlen or 0):
+                        queue.appendleft(question)
                     else:
-                        self.questions_dropped += 1
+                        overflow.append(question)
                 self._standing_due = self._standing_due or bool(standing)
+            for question in overflow:
+                self._dropped(question, "question_overflow", "queue full while its frame set was refused")
             return
         images, decode_ms = decoded
         questions = pending + standing
         try:
-            answers = self.runner.answer(images, questions, frame_key=("set", serial))
+            answers = self.runner.answer(images, [q.text for q in questions], frame_key=("set", serial))
         except ValueError as exc:
             # Questions are checked before queueing, so this is the runner's token bound or a bug.
-            self.questions_dropped += len(questions)
-            self._on_drop("bad_question", f"runner refused {len(questions)} question(s): {exc}")
+            for question in questions:
+                self._dropped(question, "bad_question", f"runner refused it: {exc}")
             return
         except Exception as exc:  # the node must outlive a failed inference (e.g. CUDA OOM)
-            self.questions_dropped += len(questions)
-            self._on_drop("inference_error", f"inference failed: {type(exc).__name__}: {exc}")
+            for question in questions:
+                self._dropped(question, "inference_error", f"inference failed: {type(exc).__name__}: {exc}")
             return
         with self._cond:
             self.inferences += 1
@@ -273,6 +381,8 @@ class InferenceWorker:
         set_age_ms = (started - synced.completed) * 1000.0
         for question, answer in zip(questions, answers, strict=True):
             try:
-                self._on_answer(AnswerEvent(question, answer, synced, images, decode_ms, len(questions), set_age_ms))
+                self._on_answer(AnswerEvent(question.text, answer, synced, images, decode_ms, len(questions),
+                                            set_age_ms, question.id, question.source,
+                                            (started - question.asked) * 1000.0))
             except Exception as exc:  # e.g. publishing while the node shuts down
                 self._on_drop("publish_error", f"{type(exc).__name__}: {exc}")
