@@ -26,6 +26,7 @@ from prune2drive_ros.cameras import (
     QUESTION_TOPIC,
     default_topics,
 )
+from prune2drive_ros.discovery import localhost_discovery_env, ros_distro
 
 STAGES = ("sync_wait", "image_decode", "preprocess", "vision", "prune", "prefill", "decode", "total")
 CHUNK = 8
@@ -211,7 +212,8 @@ def _prepare_bag(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     # Demo traffic stays on this machine and off other people's domain unless the user says otherwise.
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    for name, value in localhost_discovery_env(ros_distro()).items():
+        os.environ.setdefault(name, value)
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     model, why = choose_model(args.model)
     print(f"model: {model} ({why})")

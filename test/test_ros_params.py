@@ -351,7 +351,8 @@ def test_integers_for_doubles_through_the_launch_file_configure(tiny_model) -> N
     given = {"retain": "1", "sync_slop_s": "1", "camera_timeout_s": "2", "question_period_s": "0",
              "view_ratios": "[1, 1, 1, 1, 1, 1]", "model": str(tiny_model), "vision_backend": "torch",
              "device": "cpu", "dtype": "float32", "max_new_tokens": "2", "autostart": "false"}
-    node, ctx = node_with(launch_parameter_arguments(given), "drive_vqa")
+    node, ctx = node_with(launch_parameter_arguments({**given, "node_name": "drive_vqa_launch_ints"}),
+                          "drive_vqa_launch_ints")
     try:
         assert not node.startup_errors, node.startup_errors
         assert node._param("retain") == 1.0 and node._param("sync_slop_s") == 1.0
@@ -367,7 +368,8 @@ def test_bad_values_through_the_launch_file_leave_the_node_up() -> None:
     from rclpy.lifecycle import TransitionCallbackReturn
 
     node, ctx = node_with(launch_parameter_arguments({"retain": "2.0", "prune_layer": "-1", "max_new_tokens": "0",
-                                                      "pruning_method": "[oops", "autostart": "false"}), "drive_vqa")
+                                                      "pruning_method": "[oops", "autostart": "false",
+                                                      "node_name": "drive_vqa_launch_bad"}), "drive_vqa_launch_bad")
     try:
         assert set(node.startup_errors) == {"retain", "prune_layer", "max_new_tokens", "pruning_method"}
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
