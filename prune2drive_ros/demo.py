@@ -26,6 +26,7 @@ from prune2drive_ros.cameras import (
     QUESTION_TOPIC,
     default_topics,
 )
+from prune2drive_ros.discovery import localhost_discovery_env, ros_distro
 
 STAGES = ("sync_wait", "image_decode", "preprocess", "vision", "prune", "prefill", "decode", "total")
 CHUNK = 8
@@ -46,6 +47,15 @@ TINY_BANNER = """\
 +--------------------------------------------------------------------------------------------+"""
 
 
+TESTBED_BANNER = """\
++--------------------------------------------------------------------------------------------+
+| No DriveMM / LLaVA-OneVision checkpoint was found, so the demo runs the shipped test-bed     |
+| model (models/testbed): a small VLM trained on this package's synthetic street, 8x8 tokens   |
+| per view. Its answers fit the synthetic scenes only; it is not DriveMM. Pass --model for a   |
+| real checkpoint (see README).                                                                |
++--------------------------------------------------------------------------------------------+"""
+
+
 def _cached_checkpoints() -> list[Path]:
     """DriveMM / LLaVA-OneVision snapshots in the Hugging Face cache, DriveMM first."""
     hub = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface"))
@@ -63,7 +73,7 @@ def _cached_checkpoints() -> list[Path]:
 
 def choose_model(requested: str | None) -> tuple[str, str]:
     """(model, why): --model, $PRUNE2DRIVE_MODEL, a checkpoint in ~/.cache/prune2drive/models or the
-    Hugging Face cache, and only then the tiny random model."""
+    Hugging Face cache, then the shipped test-bed model, and only then the tiny random model."""
     if requested:
         return requested, "--model"
     if os.environ.get("PRUNE2DRIVE_MODEL"):
@@ -74,6 +84,12 @@ def choose_model(requested: str | None) -> tuple[str, str]:
     cached = _cached_checkpoints()
     if cached:
         return str(cached[0]), "found in the Hugging Face cache"
+    from prune2drive_ros.training import shipped_testbed
+
+    testbed = shipped_testbed()
+    if testbed is not None:
+        print(TESTBED_BANNER)
+        return str(testbed), "the shipped synthetic test-bed model"
     tiny = CACHE / "tiny-model"
     if not (tiny / "config.json").is_file():
         from prune2drive_ros.vlm.tiny import make_tiny_model
@@ -150,7 +166,7 @@ def summary(records: list[dict]) -> str:
     lines += ["", f"prefill FLOPs: {statistics.mean(flops):.1%} of dense (mean over {len(records)} answers)"]
     kept = [r["kept_per_view"] for r in records]
     per_camera = [statistics.mean(k[i] for k in kept) for i in range(len(CAMERA_NAMES))]
-    lines.append("kept tokens per camera (of 729): " + ", ".join(
+    lines.append("kept tokens per camera: " + ", ".join(
         f"{name}={n:.0f}" for name, n in zip(CAMERA_NAMES, per_camera)))
     lines.append(f"vision backend: {records[-1].get('vision_backend')}  device: {records[-1].get('device')}")
     return "\n".join(lines)
@@ -196,7 +212,8 @@ def _prepare_bag(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     # Demo traffic stays on this machine and off other people's domain unless the user says otherwise.
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    for name, value in localhost_discovery_env(ros_distro()).items():
+        os.environ.setdefault(name, value)
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     model, why = choose_model(args.model)
     print(f"model: {model} ({why})")

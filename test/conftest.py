@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from prune2drive_ros.discovery import localhost_discovery_env, ros_distro
+
 # Set before any test imports rclpy: localhost-only discovery and a per-run domain id, so parallel
 # runs on one machine never hear each other and nothing leaves the host.
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+# (ROS_LOCALHOST_ONLY on Humble, ROS_AUTOMATIC_DISCOVERY_RANGE from Iron on.)
+os.environ.update(localhost_discovery_env(ros_distro()))
 os.environ.setdefault("ROS_DOMAIN_ID", str(120 + os.getpid() % 100))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

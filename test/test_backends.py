@@ -237,6 +237,23 @@ def test_fp32_norm_copy_keeps_norms_fp32(encoder) -> None:
     assert torch.nn.functional.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0) > 0.99
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_export_keeps_norms_fp32_in_the_graph(encoder, dtype) -> None:
+    """The graph a strongly typed TensorRT network obeys: half-precision matmuls, fp32 LayerNorms."""
+    onnx = pytest.importorskip("onnx")
+    from prune2drive_ros.vlm.backends.export import export_onnx_fp32_norms
+
+    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(export_onnx_fp32_norms(encoder, dtype, CPU)))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    half = onnx.TensorProto.FLOAT16 if dtype == torch.float16 else onnx.TensorProto.BFLOAT16
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert norms and matmuls
+    assert {types[n.input[0]] for n in norms} == {onnx.TensorProto.FLOAT}
+    assert {types[n.input[0]] for n in matmuls} == {half}
+    assert model.graph.input[0].type.tensor_type.elem_type == half
+
+
 # -- CLI -------------------------------------------------------------------------------------------
 def test_build_engine_cli(tiny_model, tmp_path) -> None:
     args = ("build-engine", "--model", str(tiny_model), "--backend", "onnxruntime", "--out", str(tmp_path))
@@ -281,3 +298,22 @@ def test_tensorrt_strongly_typed_fp32_norms(tiny_model) -> None:
     data = build_engine(export_onnx_fp32_norms(enc, torch.float16), precision="fp16", max_views=6, strongly_typed=True)
     backend = TensorRTBackend(data, device=cuda, dtype=torch.float16)
     assert compare(backend, enc, parity_inputs(enc, 6, tiny_model)).min_cosine >= 0.999
+
+
+# -- TensorRT version gate (pure logic; the engine build itself needs TensorRT and CUDA) -------------
+@pytest.mark.parametrize(("version", "ok"), [("10.3.0", True), ("10.16.1.11", True), ("8.6.2", False),
+                                             ("11.4.0.106", False), ("garbage", False)])
+def test_tensorrt_version_gate(version, ok) -> None:
+    from prune2drive_ros.vlm.backends.tensorrt_backend import version_problem
+
+    problem = version_problem(version)
+    assert (problem is None) == ok
+    if not ok:
+        assert version in problem and ("10.x" in problem or "unrecognised" in problem)
+
+
+def test_tensorrt_cache_key_names_the_strongly_typed_recipe(monkeypatch) -> None:
+    from prune2drive_ros.vlm.backends import tensorrt_backend
+
+    monkeypatch.setattr(tensorrt_backend, "runtime_version", lambda: "10.16.1.11")
+    assert build_mod.runtime_version("tensorrt") == "tensorrt-10.16.1.11-strongly-typed"

@@ -51,8 +51,11 @@ def test_bag_holds_every_frame_untouched(storage: str, dataroot: Path, nusc, tmp
                            drivelm=dataroot / "drivelm.json", progress=False)
     meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert meta["storage_identifier"] == storage
-    qos = meta["topics_with_message_count"][0]["topic_metadata"]["offered_qos_profiles"][0]
-    assert qos["reliability"] == "reliable" and qos["history"] == "keep_last"
+    qos = meta["topics_with_message_count"][0]["topic_metadata"]["offered_qos_profiles"]
+    # The default (version 8) keeps the QoS list as a YAML string: Humble's rosbag2 reads it as one.
+    assert meta["version"] == 8 and isinstance(qos, str)
+    qos = yaml.safe_load(qos)[0]
+    assert qos["reliability"] == 1 and qos["history"] == 1  # rmw enums: reliable, keep_last
 
     topics = _read(bag)
     expected_topics = {c.compressed_topic for c in CAMERAS} | {c.info_topic for c in CAMERAS} | {QUESTION_TOPIC}
@@ -76,6 +79,20 @@ def test_bag_holds_every_frame_untouched(storage: str, dataroot: Path, nusc, tmp
             assert np.allclose(info.k.reshape(3, 3), k) and np.allclose(info.p.reshape(3, 4)[:, :3], k)
             assert (info.width, info.height, info.header.frame_id) == (1600, 900, cam.frame_id)
             assert _stamp_ns(info) == sd["timestamp"] * 1000
+
+
+def test_bag_version_9_on_request(dataroot: Path, tmp_path: Path) -> None:
+    bag = tmp_path / "v9"
+    result = run_cli("convert-nuscenes", "--dataroot", str(dataroot), "--out", str(bag), "--keyframes-only",
+                     "--bag-version", "9")
+    assert result.returncode == 0, result.stderr
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    qos = meta["topics_with_message_count"][0]["topic_metadata"]["offered_qos_profiles"]
+    assert meta["version"] == 9 and isinstance(qos, list)  # Jazzy/Kilted layout
+    assert qos[0]["reliability"] == "reliable" and qos[0]["history"] == "keep_last"
+    assert len(_read(bag)[CAMERAS[0].compressed_topic]) == 2 * 2
+    with pytest.raises(ConversionError, match="bag version"):
+        convert_nuscenes(dataroot, "v1.0-mini", tmp_path / "v7", bag_version=7, progress=False)
 
 
 def test_questions_follow_their_keyframe(dataroot: Path, nusc, tmp_path: Path) -> None:

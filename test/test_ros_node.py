@@ -433,6 +433,18 @@ def test_answer_info_names_the_question_and_dropped_ones_say_why(stack: Stack) -
     assert stack.probe.dropped_statuses[0]["question_id"] == str(dropped[0]["id"])
 
 
+def _rclpy_major() -> int:
+    from importlib import metadata
+    for dist in ("ros-rclpy", "rclpy"):
+        try:
+            return int(metadata.version(dist).split(".")[0])
+        except metadata.PackageNotFoundError:
+            continue
+    return 0
+
+
+@pytest.mark.skipif(_rclpy_major() < 9, reason="rclpy before Kilted gives no publisher GID with a message; "
+                    "the fallback rule is tested in test_question_source_without_publisher_gid")
 def test_replayed_questions_never_starve_a_person(stack: Stack, context) -> None:
     stack.ask_and_wait("Warm up?")
     # A bag player (recognised by its node name) floods the topic, then a person asks.
@@ -483,3 +495,21 @@ def test_health_warns_when_cameras_stream_but_no_set_forms(stack: Stack) -> None
     _, message, values = stack.health_where(lambda level, msg, v: level == 1, timeout=20)
     assert "cameras streaming but no synchronized set" in message and "sync_slop_s" in message, message
     assert values["sets_per_s"] == "0.00"
+
+
+def test_question_source_without_publisher_gid() -> None:
+    """Jazzy's and Humble's message info has no publisher GID: replayed only while players alone publish."""
+    from types import SimpleNamespace
+
+    from prune2drive_ros.ros.worker import LIVE, REPLAY
+
+    def node_with(*publishers: str) -> Any:
+        infos = [SimpleNamespace(node_name=name, endpoint_gid=[i] * 16) for i, name in enumerate(publishers)]
+        return SimpleNamespace(get_publishers_info_by_topic=lambda topic: infos, _publisher_sources={})
+
+    jazzy_info = {"source_timestamp": 1, "received_timestamp": 2, "publication_sequence_number": 1}
+    source = DriveVqaNode._question_source
+    assert source(node_with("prune2drive_player"), jazzy_info) == REPLAY
+    assert source(node_with("rosbag2_player", "prune2drive_player"), jazzy_info) == REPLAY
+    assert source(node_with("prune2drive_player", "teleop_console"), jazzy_info) == LIVE
+    assert source(node_with(), jazzy_info) == LIVE

@@ -34,7 +34,11 @@ from tqdm import tqdm
 from prune2drive_ros.cameras import CAMERAS, QUESTION_TOPIC, Camera
 
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-BAG_VERSION = 9  # the rosbag2 metadata version Jazzy and Kilted write
+# rosbag2 metadata versions rosbags writes. 8 stores each topic's offered_qos_profiles as a YAML
+# string, which every distro from Humble on reads; 9 (what Jazzy and Kilted write) stores a YAML
+# list, which Humble's rosbag2 tries to read as a string, so `ros2 bag play` fails there.
+BAG_VERSIONS = (8, 9)
+DEFAULT_BAG_VERSION = 8
 SCENE_GAP_S = 1.0
 QUESTION_DELAY_NS = 5_000_000  # after the keyframe's last image, so the node already holds the frame set
 QUESTION_SPACING_NS = 1_000_000  # keeps one keyframe's questions in a stable order
@@ -80,7 +84,7 @@ class ConversionError(RuntimeError):
 def convert_nuscenes(dataroot: str | Path, version: str, out: str | Path, *,
                      scenes: Sequence[str] | None = None, keyframes_only: bool = False, storage: str = "mcap",
                      drivelm: str | Path | None = None, force: bool = False, keep_gaps: bool = False,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, bag_version: int = DEFAULT_BAG_VERSION) -> Path:
     """Convert nuScenes scenes (all, or those named) to a rosbag2 at ``out``; returns ``out``.
 
     Raises FileExistsError if ``out`` exists and not ``force``; FileNotFoundError naming the first missing
@@ -88,6 +92,8 @@ def convert_nuscenes(dataroot: str | Path, version: str, out: str | Path, *,
     """
     if storage not in STORAGES:
         raise ConversionError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    if bag_version not in BAG_VERSIONS:
+        raise ConversionError(f"bag version must be one of {', '.join(map(str, BAG_VERSIONS))}, got {bag_version!r}")
     dataroot, out = Path(dataroot), Path(out)
     if out.exists() and not force:  # fail before the slow table load
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
@@ -105,7 +111,7 @@ def convert_nuscenes(dataroot: str | Path, version: str, out: str | Path, *,
                       stacklevel=2)
 
     _make_room(out, force)
-    _write_bag(nusc, events, out, storage, selected, version, progress)
+    _write_bag(nusc, events, out, storage, selected, version, progress, bag_version)
     return out
 
 
@@ -230,14 +236,14 @@ def _make_room(out: Path, force: bool) -> None:
 
 
 def _write_bag(nusc, events: list[_Event], out: Path, storage: str, scenes: list[dict], version: str,
-               progress: bool) -> None:
+               progress: bool, bag_version: int) -> None:
     store = ros2_typestore()
     types = store.types
     header_t, time_t = types["std_msgs/msg/Header"], types["builtin_interfaces/msg/Time"]
     image_t, info_t = types["sensor_msgs/msg/CompressedImage"], types["sensor_msgs/msg/CameraInfo"]
     roi_t, string_t = types["sensor_msgs/msg/RegionOfInterest"], types["std_msgs/msg/String"]
 
-    writer = Writer(out, version=BAG_VERSION, storage_plugin=STORAGES[storage])
+    writer = Writer(out, version=bag_version, storage_plugin=STORAGES[storage])
     writer.open()
     try:
         writer.set_custom_data("prune2drive.source", f"nuScenes {version}")
@@ -296,13 +302,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-gaps", action="store_true",
                         help="keep the original time gaps between scenes (default: scenes played back to back)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing bag")
+    parser.add_argument("--bag-version", type=int, choices=BAG_VERSIONS, default=DEFAULT_BAG_VERSION,
+                        help=f"rosbag2 metadata version (default {DEFAULT_BAG_VERSION}: read by Humble, Jazzy and "
+                             "Kilted; 9 is Jazzy/Kilted only)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         out = convert_nuscenes(args.dataroot, args.version, args.out, scenes=args.scenes,
                                keyframes_only=args.keyframes_only, storage=args.storage, drivelm=args.drivelm,
-                               force=args.force, keep_gaps=args.keep_gaps)
+                               force=args.force, keep_gaps=args.keep_gaps, bag_version=args.bag_version)
     except (FileExistsError, FileNotFoundError, ConversionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -97,7 +97,7 @@ def make_rig() -> dict[str, CameraModel]:
 class Agent:
     """A road user moving at constant velocity in road coordinates (s along the road, l to its left)."""
 
-    kind: str  # "car", "truck", "bus" or "pedestrian"
+    kind: str  # "car", "truck", "bus", "pedestrian" or "cone" (a traffic cone)
     category: str  # nuScenes category name
     size: tuple[float, float, float]  # width, length, height (nuScenes order)
     color: tuple[int, int, int]  # BGR
@@ -121,8 +121,14 @@ class Agent:
         return self.speed > 0.3
 
     def describe(self) -> str:
+        if self.kind == "cone":
+            return "traffic cone"
         noun = {"car": "car", "truck": "truck", "bus": "bus", "pedestrian": "pedestrian"}[self.kind]
         return f"{self.color_name} {noun}" if self.kind != "pedestrian" else f"pedestrian in {self.color_name}"
+
+
+_UNIT_CORNERS = np.array([[1, 1, -1], [-1, 1, -1], [-1, -1, -1], [1, -1, -1],
+                          [1, 1, 1], [-1, 1, 1], [-1, -1, 1], [1, -1, 1]], dtype=float)
 
 
 @dataclass
@@ -135,10 +141,8 @@ class Box3D:
     def corners(self) -> np.ndarray:
         """8x3 corners: bottom face 0-3, top face 4-7, counter-clockwise seen from above."""
         w, length, h = self.size
-        x = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * length / 2
-        y = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * w / 2
-        z = np.array([-1, -1, -1, -1, 1, 1, 1, 1]) * h / 2
-        return (rot_z(self.yaw) @ np.stack([x, y, z])).T + self.center
+        local = _UNIT_CORNERS * np.array([length / 2, w / 2, h / 2])
+        return local @ rot_z(self.yaw).T + self.center
 
 
 # Box faces as corner indices, ordered so the normal points outwards, and a shading factor so the
@@ -238,22 +242,23 @@ def _fill(image: np.ndarray, proj: Projector, cam_poly: np.ndarray, color: tuple
         return
     px = proj.to_pixels(clipped)
     # Cheap reject of polygons entirely off one side of the image.
-    if px[:, 0].max() < 0 or px[:, 0].min() > IMAGE_WIDTH or px[:, 1].max() < 0 or px[:, 1].min() > IMAGE_HEIGHT:
+    height, width = image.shape[:2]
+    if px[:, 0].max() < 0 or px[:, 0].min() > width or px[:, 1].max() < 0 or px[:, 1].min() > height:
         return
     px = np.clip(px, -1e6, 1e6)
     # 2 bits of sub-pixel precision keep thin lane markings from jittering between frames.
     cv2.fillPoly(image, [np.round(px * 4).astype(np.int32)], color, lineType=cv2.LINE_AA, shift=2)
 
 
-def _background(k: np.ndarray) -> np.ndarray:
+def _background(k: np.ndarray, width: int = IMAGE_WIDTH, height: int = IMAGE_HEIGHT) -> np.ndarray:
     """Sky above the horizon, ground below; cameras have zero pitch so the horizon is the row cy."""
     horizon = round(float(k[1, 2]))
-    rows = np.zeros((IMAGE_HEIGHT, 3), dtype=np.float32)
+    rows = np.zeros((height, 3), dtype=np.float32)
     sky_t = np.linspace(0.0, 1.0, max(horizon, 1))[:, None]
     rows[:horizon] = SKY_TOP * (1 - sky_t) + SKY_HORIZON * sky_t
-    ground_t = np.linspace(0.0, 1.0, IMAGE_HEIGHT - horizon)[:, None]
+    ground_t = np.linspace(0.0, 1.0, height - horizon)[:, None]
     rows[horizon:] = GROUND_FAR * (1 - ground_t) + GROUND_NEAR * ground_t
-    return np.repeat(rows[:, None, :], IMAGE_WIDTH, axis=1).astype(np.uint8)
+    return np.repeat(rows[:, None, :], width, axis=1).astype(np.uint8)
 
 
 _BACKGROUNDS: dict[tuple[float, ...], np.ndarray] = {}
@@ -273,6 +278,14 @@ def _agent_parts(world: World, agent: Agent, t: float) -> list[Box3D]:
     def part(along: float, z0: float, z1: float, pw: float, pl: float, color: tuple[int, int, int]) -> Box3D:
         return Box3D(base + fwd * along + np.array([0.0, 0.0, (z0 + z1) / 2]), box.yaw, (pw, pl, z1 - z0), color)
 
+    if agent.kind == "cone":
+        # A weighted base, an orange body with a white reflective band, and an orange tip.
+        return [
+            part(0.0, 0.0, 0.06, w * 1.3, length * 1.3, (40, 40, 45)),
+            part(0.0, 0.06, 0.45 * h, w, length, agent.color),
+            part(0.0, 0.45 * h, 0.65 * h, w * 0.8, length * 0.8, (240, 240, 240)),
+            part(0.0, 0.65 * h, h, w * 0.6, length * 0.6, agent.color),
+        ]
     if agent.kind == "pedestrian":
         return [
             part(0.0, 0.0, 0.85, w * 0.55, length * 0.45, (50, 45, 40)),
@@ -294,17 +307,25 @@ def _agent_parts(world: World, agent: Agent, t: float) -> list[Box3D]:
     ]
 
 
+_FACE_INDEX = np.array([idx for idx, _ in FACES])
+
+
 def _draw_box(image: np.ndarray, proj: Projector, box: Box3D) -> None:
     corners = box.corners()
     cam = proj.to_camera(corners)
     if cam[:, 2].max() < NEAR_PLANE:
         return
-    for idx, factor in FACES:
-        face = corners[list(idx)]
-        normal = np.cross(face[1] - face[0], face[2] - face[1])
-        if np.dot(normal, proj.position - face[0]) <= 0:  # back face
-            continue
-        _fill(image, proj, cam[list(idx)], _shade(box.color, factor))
+    if cam[:, 2].min() >= NEAR_PLANE:  # wholly in front: skip boxes that project beside the image
+        px = proj.to_pixels(cam)
+        height, width = image.shape[:2]
+        if px[:, 0].max() < 0 or px[:, 0].min() > width or px[:, 1].max() < 0 or px[:, 1].min() > height:
+            return
+    faces = corners[_FACE_INDEX]  # [5, 4, 3]
+    normals = np.cross(faces[:, 1] - faces[:, 0], faces[:, 2] - faces[:, 1])
+    facing = np.einsum("fk,fk->f", normals, proj.position - faces[:, 0]) > 0  # not a back face
+    for (idx, factor), visible in zip(FACES, facing, strict=True):
+        if visible:
+            _fill(image, proj, cam[list(idx)], _shade(box.color, factor))
 
 
 def _draw_ground(image: np.ndarray, proj: Projector, world: World, s_ego: float) -> None:
@@ -332,11 +353,24 @@ def _draw_ground(image: np.ndarray, proj: Projector, world: World, s_ego: float)
         _fill(image, proj, proj.to_camera(quad), colour)
 
 
-def render(world: World, cam: CameraModel, t: float) -> np.ndarray:
-    """BGR image (900x1600) of the world seen by ``cam`` at scene time ``t`` seconds."""
-    key = tuple(cam.k.ravel())
+def scaled_camera(cam: CameraModel, scale: float) -> CameraModel:
+    """The same camera with its image resampled by ``scale`` (a 1600x900 view becomes 1600s x 900s)."""
+    k = cam.k.copy()
+    k[:2] *= scale
+    return CameraModel(cam.name, k, cam.rotation, cam.translation)
+
+
+def render(world: World, cam: CameraModel, t: float, scale: float = 1.0) -> np.ndarray:
+    """BGR image of the world seen by ``cam`` at scene time ``t`` seconds: 900x1600, or that times ``scale``.
+
+    A small ``scale`` draws the same view at low resolution directly (cheap, for training).
+    """
+    width, height = round(IMAGE_WIDTH * scale), round(IMAGE_HEIGHT * scale)
+    if scale != 1.0:
+        cam = scaled_camera(cam, scale)
+    key = (*cam.k.ravel(), width, height)
     if key not in _BACKGROUNDS:
-        _BACKGROUNDS[key] = _background(cam.k)
+        _BACKGROUNDS[key] = _background(cam.k, width, height)
     image = _BACKGROUNDS[key].copy()
     ego_t, ego_yaw = world.ego_pose(t)
     proj = Projector(cam, ego_t, ego_yaw)

@@ -551,6 +551,12 @@ class DriveVqaNode(LifecycleNode):
         """REPLAY if a bag player published it, else LIVE (also while its publisher is not discovered)."""
         gid = _gid_key(info)
         if gid is None:
+            # rclpy before Kilted (Jazzy, Humble) gives no publisher GID with a message: a question counts
+            # as replayed only while bag players are its topic's only publishers, so a person's is never
+            # mistaken for one.
+            publishers = self.get_publishers_info_by_topic(QUESTION_TOPIC)
+            if publishers and all(p.node_name in REPLAY_PUBLISHERS for p in publishers):
+                return REPLAY
             return LIVE
         source = self._publisher_sources.get(gid)
         if source is None:

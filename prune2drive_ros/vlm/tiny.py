@@ -45,8 +45,8 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 640):
-    """Train a byte-level BPE on a small driving corpus and wrap it as a transformers tokenizer."""
+def build_tokenizer(vocab_size: int = 640, corpus: list[str] | None = None):
+    """Train a byte-level BPE on a small driving corpus (or ``corpus``) and wrap it as a transformers tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -59,7 +59,7 @@ def build_tokenizer(vocab_size: int = 640):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_CORPUS * 4, trainer)
+    backend.train_from_iterator(_CORPUS * 4 if corpus is None else corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<|begin_of_text|>",

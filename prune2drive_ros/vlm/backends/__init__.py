@@ -29,7 +29,12 @@ def _why_unavailable(name: str, device: str | None = None) -> str | None:
             return "TensorRT is not installed"
         if not torch.cuda.is_available() or (device is not None and not str(device).startswith("cuda")):
             return "TensorRT needs a CUDA device"
-        return None
+        from prune2drive_ros.vlm.backends.tensorrt_backend import runtime_version, version_problem
+
+        try:
+            return version_problem(runtime_version())
+        except Exception as exc:  # a broken install raises more than ImportError
+            return f"TensorRT is installed but does not import ({type(exc).__name__}: {exc})"
     if name == "onnxruntime":
         if importlib.util.find_spec("onnxruntime") is None:
             return "onnxruntime is not installed"
@@ -65,10 +70,13 @@ def make_vision_backend(requested: str, encoder, *, device: torch.device, dtype:
     failures = []
     while name != "torch":
         from prune2drive_ros.vlm.backends.build import load_or_build
+        from prune2drive_ros.vlm.backends.tensorrt_backend import UnsupportedTensorRT
 
         try:
             backend = load_or_build(name, encoder, device=device, dtype=dtype, engine_dir=engine_dir,
                                     model_dir=model_dir)
+        except UnsupportedTensorRT:
+            raise  # our code and the installed TensorRT disagree: say so instead of running elsewhere
         except Exception as exc:
             if strict:
                 raise

@@ -27,8 +27,12 @@ EXTENSIONS = {"onnxruntime": ".onnx", "tensorrt": ".engine"}
 
 def runtime_version(backend: str) -> str:
     if backend == "tensorrt":
-        from prune2drive_ros.vlm.backends.tensorrt_backend import runtime_version as version
-    elif backend == "onnxruntime":
+        # The engine recipe (strongly typed, fp32 norms) is part of the key: engines cached by the
+        # weakly typed recipe are rebuilt, not loaded.
+        from prune2drive_ros.vlm.backends.tensorrt_backend import runtime_version
+
+        return f"tensorrt-{runtime_version()}-strongly-typed"
+    if backend == "onnxruntime":
         from prune2drive_ros.vlm.backends.ort_backend import runtime_version as version
     else:
         raise ValueError(f"nothing to build for backend {backend!r}")
@@ -124,22 +128,17 @@ def _build(name: str, encoder, key: cache.CacheKey, device: torch.device, dtype:
 
     from prune2drive_ros.vlm.backends.tensorrt_backend import TensorRTBackend, build_engine
 
-    onnx = export_onnx(encoder, torch.float32, device)
-    data = build_engine(onnx, precision=key.precision, max_views=key.max_views)
-    backend = TensorRTBackend(data, device=device, dtype=dtype)
-    meta = {"out_tail": out_tail, "strongly_typed": False}
-    try:
-        meta["parity"] = _check(backend, encoder, pixels, f"TensorRT {key.precision} engine")
-        return data, meta, backend
-    except ParityError as exc:
-        if key.precision == "fp32":
-            raise
-        log.warning("%s; retrying as a strongly typed network with fp32 normalization layers", exc)
-    onnx = export_onnx_fp32_norms(encoder, PRECISIONS[key.precision], device)
+    # Strongly typed: the graph is in the runner's precision with fp32 LayerNorms (ViT LayerNorm
+    # statistics overflow fp16), and TensorRT keeps exactly those types.
+    if key.precision == "fp32":
+        onnx, what = export_onnx(encoder, torch.float32, device), "TensorRT fp32 engine"
+    else:
+        onnx = export_onnx_fp32_norms(encoder, PRECISIONS[key.precision], device)
+        what = f"strongly typed TensorRT {key.precision} engine (fp32 norms)"
     data = build_engine(onnx, precision=key.precision, max_views=key.max_views, strongly_typed=True)
     backend = TensorRTBackend(data, device=device, dtype=dtype)
     meta = {"out_tail": out_tail, "strongly_typed": True}
-    meta["parity"] = _check(backend, encoder, pixels, f"strongly typed TensorRT {key.precision} engine (fp32 norms)")
+    meta["parity"] = _check(backend, encoder, pixels, what)
     return data, meta, backend
 
 

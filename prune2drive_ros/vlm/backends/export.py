@@ -8,6 +8,7 @@ views keeps the batch axis symbolic (a trace at one view can bake the 1 into res
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import warnings
 
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 OPSET = 17
+# torch.onnx.export takes `dynamo` from torch 2.5 on (default True from 2.9); before, TorchScript was the only exporter.
+_TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "features"
 
@@ -90,7 +93,9 @@ def _export(module: nn.Module, dtype: torch.dtype, device: torch.device) -> byte
             output_names=[OUTPUT_NAME],
             opset_version=OPSET,
             dynamic_axes={INPUT_NAME: {0: "views"}, OUTPUT_NAME: {0: "views"}},
-            do_constant_folding=True,
-            dynamo=False,
+            # The TorchScript exporter's constant folding fails on bf16 graphs ("ScalarType
+            # ComplexDouble is an unexpected tensor scalar type"); TensorRT and onnxruntime fold anyway.
+            do_constant_folding=dtype != torch.bfloat16,
+            **_TORCHSCRIPT_EXPORTER,
         )
     return buffer.getvalue()

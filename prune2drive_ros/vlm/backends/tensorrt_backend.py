@@ -10,6 +10,27 @@ from __future__ import annotations
 import torch
 
 OPT_VIEWS = 6
+# The engine build and runtime use the TensorRT 10 API. TensorRT 11 removed the FP16/BF16 builder
+# flags and more; 8.x (JetPack 6.0) lacks the named-tensor runtime API.
+SUPPORTED_MAJORS = (10,)
+INSTALL_HINT = ("install TensorRT 10 for the CUDA major of your torch, e.g. "
+                "pip install 'tensorrt-cu12>=10,<11' (Jetson: JetPack 6.1 or newer)")
+
+
+class UnsupportedTensorRT(RuntimeError):
+    """The installed TensorRT is not a version this backend is written for."""
+
+
+def version_problem(version: str) -> str | None:
+    """Why TensorRT ``version`` cannot be used, or None when it can."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        return f"unrecognised TensorRT version {version!r}"
+    if major in SUPPORTED_MAJORS:
+        return None
+    wanted = " or ".join(f"{m}.x" for m in SUPPORTED_MAJORS)
+    return f"TensorRT {version} is installed, this backend needs TensorRT {wanted}; {INSTALL_HINT}"
 
 
 def runtime_version() -> str:
@@ -18,20 +39,40 @@ def runtime_version() -> str:
     return trt.__version__
 
 
+def check_supported() -> str:
+    """The installed TensorRT version; UnsupportedTensorRT when it is not a supported major."""
+    version = runtime_version()
+    problem = version_problem(version)
+    if problem:
+        raise UnsupportedTensorRT(problem)
+    return version
+
+
 def _logger():
     import tensorrt as trt
 
     return trt.Logger(trt.Logger.WARNING)
 
 
-def build_engine(onnx_bytes: bytes, *, precision: str, max_views: int, strongly_typed: bool = False,
+def build_engine(onnx_bytes: bytes, *, precision: str, max_views: int, strongly_typed: bool = True,
                  workspace_gib: float = 4.0) -> bytes:
     """A serialized engine with one optimization profile of 1 / min(6, max) / max views.
 
-    Weakly typed (default): fp32 graph plus the FP16/BF16 builder flag, TensorRT picks per-layer
-    precisions. Strongly typed: the graph's own types are obeyed (used with an fp16 graph whose
-    LayerNorms are fp32), and no precision flags are allowed.
+    Strongly typed (default): the graph's own types are obeyed, so an fp16/bf16 graph whose
+    LayerNorms are fp32 (``export_onnx_fp32_norms``) runs exactly in those types; no precision flags.
+    Weakly typed: an fp32 graph plus the FP16/BF16 builder flag and TensorRT picks per-layer
+    precisions (deprecated in TensorRT 10.12, gone in 11).
     """
+    check_supported()
+    try:
+        return _build(onnx_bytes, precision, max_views, strongly_typed, workspace_gib)
+    except AttributeError as exc:
+        # A TensorRT API this code relies on is missing: never a reason to fall back quietly.
+        raise UnsupportedTensorRT(f"TensorRT {runtime_version()} lacks an API the engine build uses ({exc}); "
+                                  f"{INSTALL_HINT}") from exc
+
+
+def _build(onnx_bytes: bytes, precision: str, max_views: int, strongly_typed: bool, workspace_gib: float) -> bytes:
     import tensorrt as trt
 
     logger = _logger()
@@ -76,6 +117,7 @@ class TensorRTBackend:
     def __init__(self, engine_bytes: bytes, *, device: torch.device, dtype: torch.dtype):
         import tensorrt as trt
 
+        check_supported()
         self.device = torch.device(device)
         self.dtype = dtype
         self.reason = ""
