@@ -79,6 +79,20 @@ class Shell:
         wait_for(attempt, timeout, period=0.5)
         return last
 
+    def transition(self, *args: str, timeout: float = 90) -> str:
+        """``ros2 lifecycle set ARGS``, repeated while the daemon's graph does not list the node yet.
+
+        "Node not found" means nothing was sent, so a repeat cannot apply a transition twice."""
+        last = ""
+
+        def attempt() -> bool:
+            nonlocal last
+            last = self.ros2("lifecycle", "set", *args, timeout=timeout).stdout
+            return "Node not found" not in last
+
+        wait_for(attempt, timeout, period=0.5)
+        return last
+
     def stop_daemon(self) -> None:
         self.ros2("daemon", "stop", timeout=60)
 
@@ -170,7 +184,7 @@ class TestLaunch:
     def test_launch_starts_the_node_active(self, shell, launch) -> None:
         assert launch.running(), launch.text()
         assert "drive_vqa_node-1]: process started" in launch.text()
-        assert shell.ros2("lifecycle", "get", NODE).stdout.strip() == "active [3]"
+        assert shell.poll_ros2("active [3]", "lifecycle", "get", NODE).strip() == "active [3]"
         nodes = shell.poll_ros2(NODE, "node", "list")
         assert NODE in nodes.split(), nodes
 
@@ -186,16 +200,16 @@ class TestLaunch:
         assert "retain" in rejected.stdout  # the reason names what was wrong
         assert "Double value is: 0.5" in shell.ros2("param", "get", NODE, "retain").stdout
         assert launch.running(), launch.text()
-        assert shell.ros2("lifecycle", "get", NODE).stdout.strip() == "active [3]"
+        assert shell.poll_ros2("active [3]", "lifecycle", "get", NODE).strip() == "active [3]"
 
     def test_lifecycle_get_and_set(self, shell, launch) -> None:
-        assert shell.ros2("lifecycle", "get", NODE).stdout.strip() == "active [3]"
-        out = shell.ros2("lifecycle", "set", NODE, "deactivate")
-        assert "Transitioning successful" in out.stdout, out.stdout
-        assert shell.ros2("lifecycle", "get", NODE).stdout.strip() == "inactive [2]"
-        out = shell.ros2("lifecycle", "set", NODE, "activate")
-        assert "Transitioning successful" in out.stdout, out.stdout
-        assert shell.ros2("lifecycle", "get", NODE).stdout.strip() == "active [3]"
+        assert shell.poll_ros2("active [3]", "lifecycle", "get", NODE).strip() == "active [3]"
+        out = shell.transition(NODE, "deactivate")
+        assert "Transitioning successful" in out, out
+        assert shell.poll_ros2("inactive [2]", "lifecycle", "get", NODE).strip() == "inactive [2]"
+        out = shell.transition(NODE, "activate")
+        assert "Transitioning successful" in out, out
+        assert shell.poll_ros2("active [3]", "lifecycle", "get", NODE).strip() == "active [3]"
         assert launch.running(), launch.text()
 
     def test_topic_echo_receives_the_answer_to_a_published_question(self, shell, launch) -> None:
@@ -233,12 +247,12 @@ def test_ros2_run_then_lifecycle_set_configure_and_activate(shell, tiny_model) -
     try:
         state = shell.poll_ros2("unconfigured [1]", "lifecycle", "get", NODE, timeout=START_TIMEOUT)
         assert "unconfigured [1]" in state, f"{state}\n--- ros2 run output:\n{job.text()}"
-        out = shell.ros2("lifecycle", "set", NODE, "configure", timeout=START_TIMEOUT)  # loads the model
-        assert "Transitioning successful" in out.stdout, f"{out.stdout}\n--- ros2 run output:\n{job.text()}"
-        assert shell.ros2("lifecycle", "get", NODE).stdout.strip() == "inactive [2]"
-        out = shell.ros2("lifecycle", "set", NODE, "activate")
-        assert "Transitioning successful" in out.stdout, out.stdout
-        assert shell.ros2("lifecycle", "get", NODE).stdout.strip() == "active [3]"
+        out = shell.transition(NODE, "configure", timeout=START_TIMEOUT)  # loads the model
+        assert "Transitioning successful" in out, f"{out}\n--- ros2 run output:\n{job.text()}"
+        assert shell.poll_ros2("inactive [2]", "lifecycle", "get", NODE).strip() == "inactive [2]"
+        out = shell.transition(NODE, "activate")
+        assert "Transitioning successful" in out, out
+        assert shell.poll_ros2("active [3]", "lifecycle", "get", NODE).strip() == "active [3]"
         assert "Double value is: 0.1" in shell.ros2("param", "get", NODE, "retain").stdout  # the node's default
         code = job.ctrl_c(30)
         assert code is not None, f"ros2 run did not end within 30 s of Ctrl-C:\n{job.text()}"
