@@ -192,9 +192,12 @@ def test_submission_errors(tmp_path, content, message):
 
 
 class _StubJudge(BaseHTTPRequestHandler):
+    def rate(self, prompt: str) -> str:
+        return "85" if "Correct answer" in prompt else "??"
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        reply = "85" if "Correct answer" in body["messages"][0]["content"] else "??"
+        reply = self.rate(body["messages"][0]["content"])
         data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -237,15 +240,8 @@ def test_judge_unreachable_is_counted_not_fatal(dataset):
 class _FlakyJudge(_StubJudge):
     """Rates every question 85 except those about the sedan's status, which get no number."""
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        reply = "??" if "status of the sedan" in body["messages"][0]["content"] else "85"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    def rate(self, prompt: str) -> str:
+        return "??" if "status of the sedan" in prompt else "85"
 
 
 @pytest.fixture
