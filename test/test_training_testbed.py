@@ -66,6 +66,34 @@ def test_cones_show_where_their_tags_point(scenes) -> None:
     assert checked >= 3
 
 
+def test_patch_labels_mark_cones_and_dropout_keeps_every_object(scenes) -> None:
+    """The probes' cone labels sit on orange patches of the model's view; token dropout removes background only."""
+    import torch.nn.functional as F
+
+    grid = 8
+    checked = 0
+    rng = random.Random(0)
+    for scene in scenes:
+        cones, objects = TB.patch_labels(scene, grid)
+        assert [int((c > 0).sum()) for c in cones] == [scene.cones[c] for c in CAMERA_NAMES]  # one patch per cone
+        for qa in scene.qas:  # the patch a nearest-cone tag names holds that cone
+            if qa.kind == "nearest":
+                assert cones[CAMERA_NAMES.index(qa.camera), TB.patch_index(qa.point, grid)] > 0
+        assert (objects[cones > 0]).all()
+        for v, image in enumerate(scene.images):
+            rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+            orange = ((rgb[0, 0] > 150) & (rgb[0, 1] > 60) & (rgb[0, 1] < 130) & (rgb[0, 2] < 40)).float()
+            share = F.adaptive_avg_pool2d(orange[None, None], grid).flatten()  # orange share of each patch
+            for patch in torch.nonzero(cones[v]).flatten():
+                assert share[patch] > 0 or share.view(grid, grid)[max(0, patch // grid - 1):patch // grid + 2,
+                                                                   max(0, patch % grid - 1):patch % grid + 2].sum() > 0
+                checked += 1
+            dropped = TB.dropped_background(objects[v], rng)
+            assert not objects[v][dropped].any() and len(set(dropped.tolist())) == len(dropped)
+            assert grid * grid - len(dropped) >= max(1, int(objects[v].sum()))
+    assert checked >= 3
+
+
 def test_drivelm_set_loads_with_metric_tags(tmp_path: Path) -> None:
     from prune2drive_ros.data.drivelm import load_drivelm
     from prune2drive_ros.eval.scoring import question_kinds
@@ -123,6 +151,38 @@ def test_packed_questions_train_what_the_runtime_computes(scenes) -> None:
                 hidden = out[0] if isinstance(out, tuple) else out
             alone = model.lm_head(lm.norm(hidden[:, -1])).float()[0]
             torch.testing.assert_close(packed[b, first], alone, atol=2e-4, rtol=1e-4)
+
+
+def test_view_attention_hint_is_the_heads_attention_mass(scenes) -> None:
+    """The training hint reads head 0 of the guided layer exactly as eager attention computes it."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from prune2drive_ros.vlm.preprocess import ImageSpec
+
+    s = replace(_tiny_setting(), layers=3, questions_per_scene=20)
+    tokenizer = TB.build_tokenizer(TB.corpus(0, scenes=5), s.vocab)
+    config = TB.model_config(tokenizer, s)
+    config.text_config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    layout = TB.PromptTokens(tokenizer, s.grid * s.grid)
+    batch = TB.make_batch(scenes[:2], layout, ImageSpec(size=s.grid * TB.PATCH), s, s.layers, random.Random(3))
+    assert len(batch.asks), "the sampled questions include per-view ones"
+    with torch.no_grad():
+        packed = TB.packed_forward(model, batch, layout)
+        hint = TB.view_attention_loss(model, packed, batch, layout)
+        index = TB.guided_layer(s.layers)
+        layer = model.model.language_model.layers[index]
+        use_pruned = (batch.prune_layer <= index)[:, None, None]
+        allowed = torch.where(use_pruned, batch.allowed_pruned, batch.allowed)[:, None]
+        additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        _, weights = layer.self_attn(layer.input_layernorm(packed.guided), position_embeddings=packed.rope,
+                                     attention_mask=additive)
+    assert (batch.asks[:, 3] >= 0).any() and (batch.asks[:, 3] < 0).any(), "both kinds of target are sampled"
+    mass = torch.stack([weights[r, 0, a, layout.patches[v][p] if p >= 0 else layout.patches[v]].sum()
+                        for r, a, v, p in batch.asks.tolist()])
+    expected = -(mass.log() * batch.ask_weights).sum() / batch.ask_weights.sum()
+    torch.testing.assert_close(hint, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow

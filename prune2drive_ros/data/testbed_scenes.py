@@ -69,6 +69,37 @@ class QA:
     question: str
     answer: str
     kind: str
+    camera: str | None = None  # the view a question is about
+    point: tuple[float, float] | None = None  # the pixel the answer's tag names
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One object as a camera sees it (full-resolution pixels); training reads these as per-patch labels."""
+
+    kind: str  # car, truck, pedestrian, cone
+    bbox: tuple[float, float, float, float]
+    depth: float
+    slot: int = -1  # a cone's slot: range index * len(CONE_BEARINGS_DEG) + bearing index
+
+    @property
+    def point(self) -> tuple[float, float]:
+        """The box centre: the pixel a DriveLM tag names."""
+        return (self.bbox[0] + self.bbox[2]) / 2, (self.bbox[1] + self.bbox[3]) / 2
+
+
+CONE_SLOTS = len(CONE_RANGES_M) * len(CONE_BEARINGS_DEG)
+
+
+def _seen(agent: Agent, view, camera: CameraModel) -> Seen:
+    slot = -1
+    if agent.kind == "cone":  # recover the slot from where the cone stands in the camera's view
+        x = (view.bbox[0] + view.bbox[2]) / 2
+        bearing = math.degrees(math.atan2(camera.k[0, 2] - x, camera.k[0, 0]))  # bearings count to the left
+        b = min(range(len(CONE_BEARINGS_DEG)), key=lambda i: abs(bearing - CONE_BEARINGS_DEG[i]))
+        r = min(range(len(CONE_RANGES_M)), key=lambda i: abs(view.depth - CONE_RANGES_M[i]))
+        slot = r * len(CONE_BEARINGS_DEG) + b
+    return Seen(agent.kind, view.bbox, view.depth, slot)
 
 
 @dataclass
@@ -79,6 +110,8 @@ class TestbedScene:
     qas: list[QA]
     cones: dict[str, int] = field(default_factory=dict)  # cones seen per camera
     drivelm_qas: list[QA] = field(default_factory=list)  # the sample set's DriveLM questions (the demo asks them)
+    seen: dict[str, list[Seen]] = field(default_factory=dict)  # every road user and cone, per camera
+
 
 
 def _choice_question(question: str, correct: str, options: list[str]) -> tuple[str, str]:
@@ -181,7 +214,7 @@ def questions(world: World, rig: dict[str, CameraModel], t: float = 0.0) -> tupl
         options = ["Going ahead.", "Stopped.", "Turn left.", "Turn right."]
         q, a = _choice_question(f"What is the moving status of object {D._tag(1, view)}?",
                                 D._moving_status(agent), options)
-        qas.append(QA(q, a, "status"))
+        qas.append(QA(q, a, "status", view.camera))
 
     cone_views = _cone_views(world, rig, t)
     counts = {cam: len(views) for cam, views in cone_views.items()}
@@ -189,14 +222,15 @@ def questions(world: World, rig: dict[str, CameraModel], t: float = 0.0) -> tupl
         n, label = counts[cam.name], cam.label
         q, a = _choice_question(f"Is there a traffic cone in the {label}?", "Yes." if n else "No.",
                                 ["Yes.", "No."])
-        qas.append(QA(q, a, "presence"))
+        qas.append(QA(q, a, "presence", cam.name))
         q, a = _choice_question(f"How many traffic cones are in the {label}?", str(min(n, MAX_CONES)),
                                 [str(i) for i in range(MAX_CONES + 1)])
-        qas.append(QA(q, a, "count"))
+        qas.append(QA(q, a, "count", cam.name))
         if n:
             nearest = min(cone_views[cam.name], key=lambda v: v.depth)
             qas.append(QA(f"Where is the nearest traffic cone in the {label}?",
-                          f"The nearest traffic cone in the {label} is {D._tag(1, nearest)}.", "nearest"))
+                          f"The nearest traffic cone in the {label} is {D._tag(1, nearest)}.", "nearest", cam.name,
+                          ((nearest.bbox[0] + nearest.bbox[2]) / 2, (nearest.bbox[1] + nearest.bbox[3]) / 2)))
     return qas, counts
 
 
@@ -213,13 +247,15 @@ def make_scene(rng: random.Random, rig: dict[str, CameraModel] | None = None,
             agent.color_name, agent.color = rng.choice(_SHIRTS)
     place_cones(world, rig, rng)
     qas, counts = questions(world, rig)
+    seen = {c.name: [_seen(a, v, rig[c.name]) for a in world.agents
+                     if (v := project_agent(world, a, rig[c.name], 0.0)) is not None] for c in CAMERAS}
     drivelm_qas = []
     if with_drivelm:
         kf = D.KeyframeInfo("", {c.name: 0.0 for c in CAMERAS}, {c.name: "" for c in CAMERAS})
         groups = D.keyframe_entry(world, scenario, rig, kf, rng)["QA"]
         drivelm_qas = [QA(item["Q"], item["A"], "drivelm") for group in groups.values() for item in group]
     images = [cv2.cvtColor(render(world, rig[c.name], 0.0, scale), cv2.COLOR_BGR2RGB) for c in CAMERAS] if draw else []
-    return TestbedScene(world, scenario, images, qas, counts, drivelm_qas)
+    return TestbedScene(world, scenario, images, qas, counts, drivelm_qas, seen)
 
 
 def write_drivelm_set(out: str | Path, scenes: int, seed: int, *, progress: bool = True) -> Path:

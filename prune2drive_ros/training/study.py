@@ -146,6 +146,13 @@ def plot_adaptive(runs: dict[str, dict[str, Any]], ratios: list[float], path: Pa
 # ---------------------------------------------------------------- the study
 
 
+def _tokens_per_view(model: str) -> str:
+    from prune2drive_ros.training import TESTBED_MARKER
+
+    record = json.loads((Path(model) / "config.json").read_text()).get(TESTBED_MARKER) or {}
+    return record.get("tokens_per_view", "?")
+
+
 def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: str, trials: int, limit: int,
           resamples: int, methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, Any]:
     from prune2drive_ros.data.drivelm import load_drivelm
@@ -197,7 +204,7 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
     comparisons["tfps-adaptive vs tfps-uniform"] = separated(adaptive["tfps-adaptive"], adaptive["tfps-uniform"])
 
     n_q = len(questions)
-    title = (f"synthetic test bed (not DriveLM): {n_q} held-out questions, 8x8 tokens/view\n"
+    title = (f"synthetic test bed (not DriveLM): {n_q} held-out questions, {_tokens_per_view(model)} tokens/view\n"
              "final score partial (no GPT judge), 95% bootstrap CI")
     plot_quality_vs_flops(runs, out / "testbed_quality_vs_flops.png", title)
     plot_adaptive(adaptive, ratios, out / "testbed_adaptive.png", f"T-FPS at equal FLOPs ({n_q} questions)")
@@ -221,12 +228,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--model", default=None, help="test-bed checkpoint (default: the shipped models/testbed)")
-    parser.add_argument("--scenes", type=int, default=30, help="held-out scenes (default 30, ~19 questions each)")
-    parser.add_argument("--search-scenes", type=int, default=10, help="scenes of the budget-search set (default 10)")
+    parser.add_argument("--scenes", type=int, default=60, help="held-out scenes (default 60, ~19 questions each)")
+    parser.add_argument("--search-scenes", type=int, default=20, help="scenes of the budget-search set (default 20)")
     parser.add_argument("--retains", default="0.1,0.25", help="retain ratios compared (default 0.1,0.25)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"methods compared (default {','.join(METHODS)})")
-    parser.add_argument("--trials", type=int, default=30, help="TPE trials of the budget search (default 30)")
-    parser.add_argument("--limit", type=int, default=80, help="questions per trial (default 80)")
+    parser.add_argument("--trials", type=int, default=40, help="TPE trials of the budget search (default 40)")
+    parser.add_argument("--limit", type=int, default=120, help="questions per trial (default 120)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(default_model=shipped_testbed)

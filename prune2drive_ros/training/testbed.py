@@ -3,7 +3,7 @@
 The model has DriveMM's shape at toy size: a SigLIP vision tower (14-px patches), the 2-layer GELU
 projector with an ``image_newline`` per view, and a Llama decoder, all from transformers' own
 ``LlavaOnevisionForConditionalGeneration``. It sees the six-camera rig through DriveMM's prompt, with
-fewer tokens per view than DriveMM's 27 x 27 (12 x 12 by default), and learns the questions of
+fewer tokens per view than DriveMM's 27 x 27 (8 x 8 in the shipped setting), and learns the questions of
 ``data/testbed_scenes`` on freshly drawn scenes (no scene is seen twice).
 
 Training runs the decoder layer by layer, the way the runtime's pruned prefill does:
@@ -11,9 +11,16 @@ Training runs the decoder layer by layer, the way the runtime's pruned prefill d
 - every question of a scene is packed after one shared visual prefix; a block mask lets each
   question see the prefix and itself only, and each question starts at the RoPE position right
   after the prefix, so one forward pass trains every question of the scene as if asked alone;
-- half of the scenes drop a random subset of each view's visual tokens from layer K on (K = 1, at
-  times 0), with random per-view ratios. This "token dropout" keeps the small model from depending on
-  the exact number of visual tokens; it picks tokens uniformly at random, favouring no pruning method.
+- half of the scenes drop a random share of each view's *background* tokens from layer K on (K = 1,
+  at times 0). This "token dropout" keeps the small model from depending on the exact number of
+  visual tokens. Tokens that show a road user or a cone are never dropped: the model never learns to
+  guess about an object it cannot see, so, like a real VLM, it answers from what a pruning method
+  keeps. The dropout draws tokens uniformly, favouring no pruning method;
+- training-only probes (``Probes``, never saved) label every patch token: the cone there and its
+  range slot (at the decoder's input and after layer 0, where T-FPS compares tokens), and the
+  camera it came from; and one attention head is asked to look at the view a question names
+  (``view_attention_loss``). Answers alone give a small model too little signal per step to find
+  one cone among 384 visual tokens; with the answer loss only, it learned the question priors.
 
 The result is a normal safetensors checkpoint (config, tokenizer, weights) that
 ``VLMRunner.from_pretrained`` loads; ``config.json`` carries a ``prune2drive_testbed`` record (the
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -35,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prune2drive_ros.cameras import NUM_CAMERAS
+from prune2drive_ros.cameras import CAMERA_NAMES, NUM_CAMERAS
 from prune2drive_ros.data import testbed_scenes as T
 from prune2drive_ros.training import TESTBED_MARKER
 
@@ -65,9 +73,9 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {
-    # The shipped test bed: about 15 minutes on two idle cores.
-    "full": Setting(grid=8, vision_hidden=48, vision_layers=2, hidden=64, ffn=192, layers=4, heads=4, kv_heads=2,
-                    vocab=1024, steps=700, batch=2, lr=2e-3, drop_p=0.5, questions_per_scene=16, drivelm_per_scene=1,
+    # The shipped test bed: about 16 minutes on two idle cores.
+    "full": Setting(grid=8, vision_hidden=64, vision_layers=2, hidden=128, ffn=384, layers=4, heads=4, kv_heads=2,
+                    vocab=1024, steps=1700, batch=2, lr=2e-3, drop_p=0.5, questions_per_scene=24, drivelm_per_scene=1,
                     eval_scenes=40),
     # For tests: about a minute; learns the answer formats and the easiest visual cues.
     "quick": Setting(grid=4, vision_hidden=32, vision_layers=1, hidden=48, ffn=128, layers=2, heads=2, kv_heads=1,
@@ -155,7 +163,10 @@ class Batch:
     allowed_pruned: torch.Tensor  # [B, T, T] the same after token dropout
     prune_layer: torch.Tensor  # [B] layer from which allowed_pruned applies (num_layers: never)
     targets: torch.Tensor  # [B, T] next-token targets, -100 where no loss
-    weights: torch.Tensor  # [B, T] loss weight per target (each question weighs the same)
+    weights: torch.Tensor  # [B, T] loss weight per target (every answer token of the batch weighs the same)
+    cones: torch.Tensor  # [B, V, N] per patch: 0, or 1 + the range slot of a cone centred there
+    asks: torch.Tensor  # [R, 4] where to guide attention: batch row, position, view, patch in it (-1: the view)
+    ask_weights: torch.Tensor  # [R] each question's rows sum to 1
 
 
 def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Setting, num_layers: int,
@@ -167,9 +178,9 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
     for sc in scenes:
         qas = rng.sample(sc.qas, min(s.questions_per_scene, len(sc.qas)))
         qas += rng.sample(sc.drivelm_qas, min(s.drivelm_per_scene, len(sc.drivelm_qas)))
-        seqs.append([(layout.question(qa.question), layout.answer(qa.answer)) for qa in qas])
+        seqs.append([(layout.question(qa.question), layout.answer(qa.answer), qa) for qa in qas])
     p = len(layout.prefix)
-    length = max(p + sum(len(q) + len(a) for q, a in seq) for seq in seqs)
+    length = max(p + sum(len(q) + len(a) for q, a, _ in seq) for seq in seqs)
     b = len(scenes)
     pad = layout.tokenizer.pad_token_id
     ids = torch.full((b, length), pad, dtype=torch.long)
@@ -177,13 +188,14 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
     segment = torch.full((b, length), -2, dtype=torch.long)  # -1 prefix, k question k, -2 padding
     targets = torch.full((b, length), -100, dtype=torch.long)
     weights = torch.zeros((b, length))
-    questions = sum(len(seq) for seq in seqs)
+    answer_tokens = sum(len(a) for seq in seqs for _, a, _ in seq)
+    asks, ask_weights = [], []
     for i, seq in enumerate(seqs):
         ids[i, :p] = torch.tensor(layout.prefix)
         positions[i, :p] = torch.arange(p)
         segment[i, :p] = -1
         at = p
-        for k, (q, a) in enumerate(seq):
+        for k, (q, a, qa) in enumerate(seq):
             tokens = q + a
             n = len(tokens)
             ids[i, at:at + n] = torch.tensor(tokens)
@@ -192,7 +204,16 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
             # Position j predicts token j + 1: the last question token predicts the first answer token.
             first = at + len(q) - 1
             targets[i, first:first + len(a)] = torch.tensor(a)
-            weights[i, first:first + len(a)] = 1.0 / (len(a) * questions)
+            weights[i, first:first + len(a)] = 1.0 / answer_tokens
+            if qa.camera is not None:
+                view = CAMERA_NAMES.index(qa.camera)
+                if qa.point is None:  # look at the view from the position that answers
+                    asks.append((i, first, view, -1))
+                    ask_weights.append(1.0)
+                else:  # look at the object the tag names from every answer position (the tag comes late)
+                    patch = patch_index(qa.point, s.grid)
+                    asks += [(i, first + j, view, patch) for j in range(len(a))]
+                    ask_weights += [1.0 / len(a)] * len(a)
             at += n
     rows = torch.arange(length)
     causal = rows[None, :] <= rows[:, None]
@@ -201,20 +222,58 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
     allowed |= torch.eye(length, dtype=torch.bool)[None]  # padding rows attend to themselves only
     allowed_pruned = allowed.clone()
     prune_layer = torch.full((b,), num_layers, dtype=torch.long)
-    n = layout.patches.shape[1]
+    labels = [patch_labels(sc, s.grid) for sc in scenes]
     for i in range(b):
         if rng.random() >= s.drop_p:
             continue
         prune_layer[i] = 0 if rng.random() < 0.25 else 1
-        dropped = []
-        for v in range(NUM_CAMERAS):
-            keep = max(1, round(n * rng.uniform(0.05, 0.8)))
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
-            dropped.append(layout.patches[v][order[keep:]])
-        cols = torch.cat(dropped)
+        cols = torch.cat([layout.patches[v][dropped_background(labels[i][1][v], rng)] for v in range(NUM_CAMERAS)])
         allowed_pruned[i][:, cols] = False
         allowed_pruned[i][cols, cols] = True
-    return Batch(pixels, ids, positions, allowed, allowed_pruned, prune_layer, targets, weights)
+    cones = torch.stack([cone for cone, _ in labels])
+    return Batch(pixels, ids, positions, allowed, allowed_pruned, prune_layer, targets, weights, cones,
+                 torch.tensor(asks, dtype=torch.long).reshape(-1, 4), torch.tensor(ask_weights))
+
+
+CONE_CLASSES = 1 + T.CONE_SLOTS  # no cone, then a cone on each slot (range x bearing)
+
+
+def patch_labels(scene: T.TestbedScene, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per view and patch ([V, grid * grid]): the slot class of a cone there, and whether any object covers it."""
+    from prune2drive_ros.data.synthetic_world import IMAGE_HEIGHT, IMAGE_WIDTH
+
+    cones = torch.zeros(NUM_CAMERAS, grid, grid, dtype=torch.long)
+    objects = torch.zeros(NUM_CAMERAS, grid, grid, dtype=torch.bool)
+    sx, sy = grid / IMAGE_WIDTH, grid / IMAGE_HEIGHT
+    for v, cam in enumerate(CAMERA_NAMES):
+        for item in sorted(scene.seen.get(cam, []), key=lambda o: -o.depth):  # the nearer object wins a patch
+            x1, y1, x2, y2 = item.bbox
+            objects[v, int(y1 * sy):int(y2 * sy) + 1, int(x1 * sx):int(x2 * sx) + 1] = True
+            if item.kind == "cone":
+                cones[v].view(-1)[patch_index(item.point, grid)] = 1 + item.slot
+    return cones.flatten(1), objects.flatten(1)
+
+
+def patch_index(point: tuple[float, float], grid: int) -> int:
+    """The patch (row-major, of grid x grid) that a full-resolution pixel falls in once the view is resized."""
+    from prune2drive_ros.data.synthetic_world import IMAGE_HEIGHT, IMAGE_WIDTH
+
+    return int(point[1] * grid / IMAGE_HEIGHT) * grid + int(point[0] * grid / IMAGE_WIDTH)
+
+
+def dropped_background(objects: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Indices of one view's patches that token dropout removes: background only, down to a random share.
+
+    Objects (road users, cones) are never dropped: the model learns that missing road, sky and
+    buildings are normal, never that an object it cannot see may still be there. So, like a real VLM
+    that was never trained on pruned input, it answers from the tokens a pruning method keeps.
+    """
+    n = objects.numel()
+    background = torch.nonzero(~objects).flatten()
+    keep = max(int(objects.sum()), round(n * rng.uniform(0.05, 0.8)))
+    drop = min(len(background), n - keep)
+    order = torch.randperm(len(background), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+    return background[order[:drop]]
 
 
 class SceneBatches(torch.utils.data.IterableDataset):
@@ -258,8 +317,17 @@ def _unwrap(output):
     return output[0] if isinstance(output, tuple) else output
 
 
-def packed_hidden(model, batch: Batch, layout: PromptTokens) -> torch.Tensor:
-    """[B, T, D] last-layer hidden states (before the final norm) of a packed batch."""
+@dataclass
+class Packed:
+    hidden: torch.Tensor  # [B, T, D] last-layer hidden states, before the final norm
+    visual: torch.Tensor  # [B * V, N + 1, D] the projected views the decoder reads
+    first: torch.Tensor  # [B, T, D] the output of decoder layer 0: the features T-FPS compares (K = 1)
+    guided: torch.Tensor  # [B, T, D] the input of the decoder layer that guided_layer() names
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin at every position
+
+
+def packed_forward(model, batch: Batch, layout: PromptTokens) -> Packed:
+    """The decoder over a packed batch, layer by layer, switching to the dropout mask at each scene's layer."""
     lm = model.model.language_model
     b = batch.ids.shape[0]
     embeds = lm.embed_tokens(batch.ids)
@@ -271,26 +339,104 @@ def packed_hidden(model, batch: Batch, layout: PromptTokens) -> torch.Tensor:
     cos, sin = lm.rotary_emb(embeds, batch.positions)
     # Boolean masks (True: may attend) keep SDPA on its fused CPU kernel; additive float masks are ~5x slower.
     dense, pruned = batch.allowed[:, None], batch.allowed_pruned[:, None]
-    hidden = embeds
+    hidden, first, guided = embeds, embeds, embeds
     for index, layer in enumerate(lm.layers):
+        if index == guided_layer(len(lm.layers)):
+            guided = hidden
         use_pruned = (batch.prune_layer <= index)[:, None, None, None]
         attn_mask = torch.where(use_pruned, pruned, dense)
         hidden = _unwrap(layer(hidden, attention_mask=attn_mask, position_ids=batch.positions,
                                position_embeddings=(cos, sin)))
-    return hidden
+        if index == 0:
+            first = hidden
+    return Packed(hidden, visual, first, guided, (cos, sin))
 
 
 @torch.no_grad()
 def packed_logits(model, batch: Batch, layout: PromptTokens) -> torch.Tensor:
-    hidden = packed_hidden(model, batch, layout)
+    hidden = packed_forward(model, batch, layout).hidden
     return model.lm_head(model.model.language_model.norm(hidden)).float()
 
 
-def batch_loss(model, batch: Batch, layout: PromptTokens) -> torch.Tensor:
-    """Cross-entropy of the answer tokens; every question of the batch weighs the same."""
-    hidden = packed_hidden(model, batch, layout)
+class Probes(torch.nn.Module):
+    """Linear read-outs used during training only (never saved): they give every visual token a label.
+
+    Answers alone say little per step about which of 384 tokens mattered. The probes ask each patch
+    token whether a cone stands there (and at which range slot), once as the decoder receives it and
+    once after layer 0, where T-FPS compares tokens; and ask the layer-0 output which camera the token
+    came from, so that a question naming a view can find its tokens by content, also after pruning.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.cone_in = torch.nn.Linear(hidden, CONE_CLASSES)
+        self.cone_first = torch.nn.Linear(hidden, CONE_CLASSES)
+        self.camera_first = torch.nn.Linear(hidden, NUM_CAMERAS)
+        self.register_buffer("cone_weight", torch.tensor([1.0] + [CONE_UPWEIGHT] * (CONE_CLASSES - 1)),
+                             persistent=False)
+
+    def forward(self, packed: Packed, batch: Batch, layout: PromptTokens) -> torch.Tensor:
+        b, v, n = batch.cones.shape
+        cones = batch.cones.flatten()
+        loss = F.cross_entropy(self.cone_in(packed.visual[:, :n]).flatten(0, 1), cones, self.cone_weight)
+        # Layer 0's output is a real feature only where layer 0 saw every token.
+        whole = (batch.prune_layer >= 1)[:, None, None].expand(b, v, n).flatten()
+        if whole.any():
+            tokens = packed.first[:, layout.patches.flatten()].flatten(0, 1)[whole]  # [B * V * N, D]
+            camera = torch.arange(v).repeat_interleave(n).repeat(b)[whole]
+            loss = loss + F.cross_entropy(self.cone_first(tokens), cones[whole], self.cone_weight)
+            loss = loss + F.cross_entropy(self.camera_first(tokens), camera)
+        return loss
+
+
+def view_attention_loss(model, packed: Packed, batch: Batch, layout: PromptTokens) -> torch.Tensor:
+    """-log of the attention mass that head 0 of guided_layer() puts where a question points.
+
+    That is the view a question names, from the position that predicts the answer; or, for an answer
+    that tags an object, that object's patch, from every answer position. Without this hint the small model sits for
+    thousands of steps answering per-view questions from their priors: it has to learn, at once, to
+    look at one view and to read cones there, and neither pays off before the other.
+    """
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    if not len(batch.asks):
+        return packed.hidden.new_zeros(())
+    layers = model.model.language_model.layers
+    index = guided_layer(len(layers))
+    layer = layers[index]
+    attn = layer.self_attn
+    rows, at, views, patches = batch.asks.unbind(1)
+    x = layer.input_layernorm(packed.guided)
+    dim = attn.head_dim
+    cos, sin = packed.rope
+    q = attn.q_proj(x[rows, at])[:, :dim]  # [R, d] head 0
+    k = attn.k_proj(x)[..., :dim]  # [B, T, d] its key/value head
+    q = q * cos[rows, at] + rotate_half(q) * sin[rows, at]
+    k = k * cos + rotate_half(k) * sin
+    logits = torch.einsum("rd,rtd->rt", q, k[rows]) * attn.scaling  # [R, T]
+    pruned = batch.prune_layer[rows] <= index
+    allowed = torch.where(pruned[:, None], batch.allowed_pruned[rows, at], batch.allowed[rows, at])
+    logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+    view = layout.patches[views]  # [R, N]
+    on_view = torch.logsumexp(logp.gather(1, view).masked_fill(~allowed.gather(1, view), float("-inf")), dim=-1)
+    on_patch = logp.gather(1, view.gather(1, patches.clamp(min=0)[:, None])).squeeze(1)  # objects are never dropped
+    mass = torch.where(patches >= 0, on_patch, on_view)
+    return -(mass * batch.ask_weights).sum() / batch.ask_weights.sum()
+
+
+def guided_layer(num_layers: int) -> int:
+    """Layer 2 (layers 0-1 gather the view's name into the answer position), or the last of a shallower model."""
+    return min(2, num_layers - 1)
+
+
+CONE_UPWEIGHT = 4.0  # about 2 of a view's 64 patches hold a cone
+PROBE_WEIGHT = 0.3
+
+
+def answer_loss(model, packed: Packed, batch: Batch) -> torch.Tensor:
+    """Cross-entropy of the answer tokens; every answer token of the batch weighs the same."""
     picked = batch.targets != -100
-    logits = model.lm_head(model.model.language_model.norm(hidden[picked])).float()
+    logits = model.lm_head(model.model.language_model.norm(packed.hidden[picked])).float()
     losses = F.cross_entropy(logits, batch.targets[picked], reduction="none")
     return (losses * batch.weights[picked]).sum()
 
@@ -321,6 +467,7 @@ def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, st
         torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    load_average = round(os.getloadavg()[0], 2)  # a shared machine's load says how comparable train_seconds is
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     if init is not None:  # continue from a checkpoint of the same setting (weights and tokenizer)
@@ -346,19 +493,26 @@ def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, st
     batches = SceneBatches(seed, s, layout, spec, config.text_config.num_hidden_layers)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
                                          prefetch_factor=4 if workers else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    probes = Probes(config.text_config.hidden_size)
+    params = [*model.parameters(), *probes.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, s.steps))
     losses: list[float] = []
+    probe_losses: list[float] = []
     bar = tqdm(range(s.steps), desc="train-testbed", unit="step", disable=not progress, dynamic_ncols=True)
     for _, batch in zip(bar, loader, strict=False):
-        loss = batch_loss(model, batch, layout)
+        packed = packed_forward(model, batch, layout)
+        loss = answer_loss(model, packed, batch)
+        probe = probes(packed, batch, layout) + view_attention_loss(model, packed, batch, layout)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        (loss + PROBE_WEIGHT * probe).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", refresh=False)
+        probe_losses.append(probe.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", probes=f"{np.mean(probe_losses[-20:]):.3f}",
+                        refresh=False)
     bar.close()
     train_s = time.perf_counter() - t0
 
@@ -373,6 +527,7 @@ def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, st
         "tokens_per_view": f"{s.grid}x{s.grid}",
         "train_seconds": round(train_s, 1),
         "threads": torch.get_num_threads(),
+        "load_average": load_average,
         "steps": s.steps,
         "scenes_seen": s.steps * s.batch,
         "loss_first20": round(float(np.mean(losses[:20])), 4),
@@ -408,8 +563,10 @@ scores. `config.json` carries the record below under `{TESTBED_MARKER}`.
 - command: `{record['command']}`
 - seed: {record['seed']} (held-out scenes: seed {record['heldout_seed']}, never used in training)
 - training: {record['steps']} steps, {record['scenes_seen']} freshly drawn scenes, {record['train_seconds']:.0f} s on
-  {record['threads']} CPU threads (a shared, loaded machine); loss {record['loss_first20']:.3f} (first 20 steps) ->
-  {record['loss_last20']:.3f} (last 20), curve in `loss.png`
+  {record['threads']} CPU threads (machine load average {record.get('load_average', 'not recorded')} at the start);
+  answer loss {record['loss_first20']:.3f} (first 20 steps) -> {record['loss_last20']:.3f} (last 20), curve in
+  `loss.png`; training-only probes and the view-attention hint (see `prune2drive_ros/training/testbed.py`) are
+  not part of the checkpoint
 - model: vision {h['vision_layers']} x {h['vision_hidden']}, text {h['layers']} layers x {h['hidden']} (FFN {h['ffn']}),
   vocabulary {h['vocab']}
 
