@@ -211,26 +211,42 @@ def test_shipped_checkpoint_is_small_and_marked(shipped: Path) -> None:
     assert size <= 10 * 2**20
     record = json.loads((shipped / "config.json").read_text())[TESTBED_MARKER]
     assert record["trained_test_bed"] is True and record["setting"] == "full"
-    assert record["loss_last20"] < 0.1 * record["loss_first20"]
-    # Uniform guessing scores about 0.35 on these multiple-choice questions (see test_quick_training_learns).
-    assert record["heldout"]["mc_accuracy"] >= 0.45
+    assert record["train_seconds"] <= 20 * 60 and record["threads"] == 2
+    assert record["loss_last20"] < 0.05 * record["loss_first20"]
+    # Issue 14's targets, on the 40 held-out scenes the training run scored (uniform guessing: about 0.35).
+    assert record["heldout"]["mc_accuracy"] >= 0.85
+    assert record["heldout"]["nearest"] >= 0.5
 
 
 def test_shipped_checkpoint_answers_heldout_questions(shipped: Path) -> None:
-    from prune2drive_ros.eval.metrics import parse_option_letter
+    from prune2drive_ros.eval.metrics import match_f1, parse_option_letter
     from prune2drive_ros.vlm.runner import VLMRunner
 
     runner = VLMRunner.from_pretrained(str(shipped), pruning="none", retain=None, device="cpu", dtype="float32",
-                                       max_new_tokens=32)
-    scene = TB.heldout_scenes(1)[0]
-    mc = [qa for qa in scene.qas if qa.kind in T.MC_KINDS]
-    answers = runner.answer(scene.images, [qa.question for qa in mc])
-    right = [parse_option_letter(a.text, qa.question) == qa.answer for qa, a in zip(mc, answers, strict=True)]
-    detail = [(qa.question[:50], qa.answer, a.text) for qa, a in zip(mc, answers, strict=True)]
-    assert all(a.text in "ABCD" and a.text for a in answers), detail  # answers in the trained format
-    behavior = next(i for i, qa in enumerate(mc) if qa.kind == "behavior")
-    assert right[behavior], detail
-    assert np.mean(right) >= 0.45, detail
+                                       max_new_tokens=40)
+    right, f1, detail = [], [], []
+    for scene in TB.heldout_scenes(2):
+        answers = runner.answer(scene.images, [qa.question for qa in scene.qas])
+        for qa, a in zip(scene.qas, answers, strict=True):
+            detail.append((qa.question[:50], qa.answer[-30:], a.text[-30:]))
+            if qa.kind == "nearest":
+                f1.append(match_f1(a.text, qa.answer))
+            else:
+                assert a.text in "ABCD" and a.text, detail[-1]  # answers in the trained format
+                right.append(parse_option_letter(a.text, qa.question) == qa.answer)
+    runner.close()
+    assert np.mean(right) >= 0.75, detail
+    assert f1 and np.mean(f1) >= 0.5, detail
+
+
+def test_shipped_checkpoint_tells_pruning_methods_apart(shipped: Path) -> None:
+    """The study's mechanism: at 10% of the tokens T-FPS keeps the cones' tokens, random pruning drops them."""
+    from prune2drive_ros.training.study import cone_tokens_kept
+
+    kept = cone_tokens_kept(str(shipped), 8, ["tfps", "random"], [0.1])
+    (tfps, cones), (random_kept, _) = kept["tfps-r0.1"], kept["random-r0.1"]
+    assert cones >= 30
+    assert tfps >= 0.95 * cones and random_kept <= 0.3 * cones, kept
 
 
 def test_installed_layouts_are_searched(tmp_path: Path, monkeypatch) -> None:

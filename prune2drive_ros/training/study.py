@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from collections.abc import Sequence
@@ -146,6 +147,35 @@ def plot_adaptive(runs: dict[str, dict[str, Any]], ratios: list[float], path: Pa
 # ---------------------------------------------------------------- the study
 
 
+def cone_tokens_kept(model: str, scenes: int, methods: Sequence[str], retains: Sequence[float]) -> dict[str, list]:
+    """Per method and retain ratio: [cone tokens kept, cone tokens] over the first ``scenes`` held-out scenes.
+
+    This is the mechanism the scores rest on: a cone is about one token, and a method that drops it
+    loses every answer about it.
+    """
+    from prune2drive_ros.training.testbed import heldout_scenes, patch_labels
+    from prune2drive_ros.vlm.runner import VLMRunner
+
+    drawn = heldout_scenes(scenes)
+    out: dict[str, list] = {}
+    for method in methods:
+        for retain in retains:
+            runner = VLMRunner.from_pretrained(model, pruning=method, retain=retain, device="cpu", dtype="float32",
+                                               max_new_tokens=1)
+            grid = math.isqrt(runner.tokens_per_view)
+            kept = total = 0
+            for scene in drawn:
+                answer = runner.answer(scene.images, [scene.qas[0].question])[0]
+                cones, _ = patch_labels(scene, grid)
+                for view, indices in enumerate(answer.kept_indices):
+                    patches = cones[view].nonzero().flatten().tolist()
+                    total += len(patches)
+                    kept += len(set(patches) & set(indices))
+            runner.close()
+            out[f"{method}-r{retain:g}"] = [kept, total]
+    return out
+
+
 def _tokens_per_view(model: str) -> str:
     from prune2drive_ros.training import TESTBED_MARKER
 
@@ -202,6 +232,9 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
             if tfps and o:
                 comparisons[f"tfps-r{float(r):g} vs {other}-r{float(r):g}"] = separated(tfps, o)
     comparisons["tfps-adaptive vs tfps-uniform"] = separated(adaptive["tfps-adaptive"], adaptive["tfps-uniform"])
+    # MVPruner's second stage reselects per question, so one question's selection would not describe it.
+    pruning_methods = [m for m in methods if m not in ("none", "mvpruner")]
+    kept = cone_tokens_kept(model, scenes, pruning_methods, [float(r) for r in retains.split(",")])
 
     n_q = len(questions)
     title = (f"synthetic test bed (not DriveLM): {n_q} held-out questions, {_tokens_per_view(model)} tokens/view\n"
@@ -210,7 +243,8 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
     plot_adaptive(adaptive, ratios, out / "testbed_adaptive.png", f"T-FPS at equal FLOPs ({n_q} questions)")
     summary = {"questions": n_q, "scenes": scenes, "heldout_seed": HELDOUT_SEED, "search_seed": SEARCH_SEED,
                "model": model, "rules": "lenient", "runs": {**runs, **adaptive}, "view_ratios": ratios,
-               "uniform_ratio": uniform, "final_score_intervals": comparisons, "resamples": resamples}
+               "uniform_ratio": uniform, "final_score_intervals": comparisons, "resamples": resamples,
+               "cone_tokens_kept": kept}
     (out / "study.json").write_text(json.dumps(summary, indent=1))
     md = [f"Synthetic test bed, not DriveLM. {n_q} held-out questions ({scenes} scenes, seed {HELDOUT_SEED}), "
           "lenient rules (every question scored; see README); final score is partial (no GPT judge): "
@@ -218,6 +252,9 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
           table(runs, dense), "", "View-adaptive vs uniform T-FPS at equal total budget:", "", table(adaptive, dense),
           "", "Final-score 95% intervals compared (higher / lower: they do not overlap):", ""]
     md += [f"- {k}: {v}" for k, v in comparisons.items()]
+    md += ["", "Cone tokens kept on the held-out scenes (a cone is about one token; what a method drops, the "
+           "answers lose):", "", "| run | cone tokens kept |", "|---|---|"]
+    md += [f"| {name} | {k} / {n} ({100 * k / max(n, 1):.1f}%) |" for name, (k, n) in kept.items()]
     (out / "study.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return summary
@@ -228,12 +265,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--model", default=None, help="test-bed checkpoint (default: the shipped models/testbed)")
-    parser.add_argument("--scenes", type=int, default=60, help="held-out scenes (default 60, ~19 questions each)")
-    parser.add_argument("--search-scenes", type=int, default=20, help="scenes of the budget-search set (default 20)")
+    parser.add_argument("--scenes", type=int, default=40, help="held-out scenes (default 40, ~19 questions each)")
+    parser.add_argument("--search-scenes", type=int, default=12, help="scenes of the budget-search set (default 12)")
     parser.add_argument("--retains", default="0.1,0.25", help="retain ratios compared (default 0.1,0.25)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"methods compared (default {','.join(METHODS)})")
-    parser.add_argument("--trials", type=int, default=40, help="TPE trials of the budget search (default 40)")
-    parser.add_argument("--limit", type=int, default=120, help="questions per trial (default 120)")
+    parser.add_argument("--trials", type=int, default=24, help="TPE trials of the budget search (default 24)")
+    parser.add_argument("--limit", type=int, default=80, help="questions per trial (default 80)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(default_model=shipped_testbed)
