@@ -176,6 +176,22 @@ def test_bad_models_raise_clear_errors(tmp_path: Path) -> None:
         VLMRunner.from_pretrained(tmp_path / "bert")
 
 
+def test_weights_missing_from_the_checkpoint_refuse_to_load(tiny_model: Path, tmp_path: Path) -> None:
+    """transformers only warns about weights it cannot find and leaves them random; the runner refuses."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "renamed"
+    shutil.copytree(tiny_model, broken)
+    weights = load_file(broken / "model.safetensors")
+    name = next(k for k in weights if "patch_embedding" in k)
+    weights[name.replace("patch_embedding", "patch_embeddings")] = weights.pop(name)
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="weights of the model are not in the checkpoint.*patch_embedding"):
+        VLMRunner.from_pretrained(broken)
+
+
 def test_fastv_keeps_the_tokens_transformers_says_the_last_token_attends_most(tiny_model) -> None:
     """An independent check of the attention probe: eager attention weights from transformers itself."""
     from transformers import LlavaOnevisionForConditionalGeneration

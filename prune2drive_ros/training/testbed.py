@@ -590,10 +590,29 @@ def save_checkpoint(model, tokenizer, s: Setting, out: Path, record: dict) -> No
         bos_token_id=tokenizer.bos_token_id, eos_token_id=[eot, tokenizer.convert_tokens_to_ids("<|end_of_text|>")],
         pad_token_id=tokenizer.pad_token_id, do_sample=False)
     model.save_pretrained(out, safe_serialization=True)
+    write_hub_layout(out / "model.safetensors")
     tokenizer.save_pretrained(out)
     pre = preprocessor_config()
     pre["size"] = {"height": s.grid * PATCH, "width": s.grid * PATCH}
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+
+
+def write_hub_layout(weights: Path) -> None:
+    """Rename the SigLIP tower's weights to the hub's ``vision_tower.vision_model.*``, in place.
+
+    Recent transformers releases save the tower without the ``vision_model`` level; 5.0 reads such a
+    file with a random vision tower (and only a warning). Every 5.x release reads the hub layout.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(weights), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata()
+    prefix = "vision_tower."
+    renamed = {(f"{prefix}vision_model.{k[len(prefix):]}" if k.startswith(prefix) and
+                not k.startswith(f"{prefix}vision_model.") else k): v for k, v in tensors.items()}
+    save_file(renamed, str(weights), metadata=metadata)
 
 
 def plot_loss(losses: list[float], path: Path, title: str) -> Path:

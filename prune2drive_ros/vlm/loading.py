@@ -48,6 +48,23 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
+def _require_every_weight(folder: Path, info: dict) -> None:
+    """transformers only warns when checkpoint weights do not match the model's names and leaves those
+    weights random; a model that answers from random weights must not start."""
+    import transformers
+
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        unexpected = sorted(info.get("unexpected_keys") or [])
+        raise ValueError(
+            f"{folder}: {len(missing)} weights of the model are not in the checkpoint for transformers "
+            f"{transformers.__version__} (e.g. {missing[0]}"
+            + (f"; the checkpoint has {unexpected[0]} instead" if unexpected else "")
+            + "); they would be random. Re-save the checkpoint in the Hugging Face hub layout "
+            "(vision_tower.vision_model.*, language_model.model.*) or use the transformers release that wrote it"
+        )
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -111,9 +128,11 @@ def load_checkpoint(model: str | Path, device: torch.device, dtype: torch.dtype)
             )
         if not list(folder.glob("*.safetensors")):
             raise FileNotFoundError(f"{folder}: no .safetensors weights (other formats are not loaded, for safety)")
-        net = LlavaOnevisionForConditionalGeneration.from_pretrained(
-            folder, dtype=dtype, use_safetensors=True, attn_implementation="sdpa", trust_remote_code=False
+        net, info = LlavaOnevisionForConditionalGeneration.from_pretrained(
+            folder, dtype=dtype, use_safetensors=True, attn_implementation="sdpa", trust_remote_code=False,
+            output_loading_info=True,
         )
+        _require_every_weight(folder, info)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         generation = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").is_file() else None
         aspect = None
