@@ -188,7 +188,7 @@ def test_weights_missing_from_the_checkpoint_refuse_to_load(tiny_model: Path, tm
     name = next(k for k in weights if "patch_embedding" in k)
     weights[name.replace("patch_embedding", "patch_embeddings")] = weights.pop(name)
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="weights of the model are not in the checkpoint.*patch_embedding"):
+    with pytest.raises(ValueError, match=r"weights of the model are not in the checkpoint.*patch_embedding"):
         VLMRunner.from_pretrained(broken)
 
 
