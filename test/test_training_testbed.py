@@ -199,6 +199,19 @@ def test_quick_training_learns(tmp_path: Path) -> None:
     assert (tmp_path / "quick" / "loss.png").stat().st_size > 5000
 
 
+def test_training_is_deterministic_with_a_seed(tmp_path: Path) -> None:
+    """The same seed gives the same loss curve and weights, whether a worker process or the trainer draws scenes."""
+    from safetensors.torch import load_file
+
+    s = replace(TB.SETTINGS["quick"], steps=6, eval_scenes=1)
+    runs = [TB.train(tmp_path / f"run{w}", s, seed=3, workers=w, progress=False) for w in (0, 1)]
+    losses = [json.loads((tmp_path / f"run{w}" / "loss.json").read_text()) for w in (0, 1)]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+    a, b = (load_file(tmp_path / f"run{w}" / "model.safetensors") for w in (0, 1))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert runs[0]["heldout"] == runs[1]["heldout"]
+
+
 @pytest.fixture(scope="module")
 def shipped() -> Path:
     path = shipped_testbed()

@@ -30,6 +30,7 @@ command, seed, time, held-out scores) that marks it as a synthetic test bed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -450,6 +451,25 @@ def _lr_factor(step: int, steps: int, warmup: int = 30) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
+def _deterministic(fn):
+    """Run ``fn`` with torch's deterministic algorithms, then restore the caller's setting.
+
+    Some CPU backward kernels accumulate in thread order, so without them a seed reproduces the loss
+    curve but not the weights bit for bit. They cost about 8% of the training time.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.use_deterministic_algorithms(was)
+
+    return wrapper
+
+
+@_deterministic
 def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, steps: int | None = None,
           threads: int | None = None, workers: int = 1, progress: bool = True, command: str = "",
           init: str | Path | None = None) -> dict:
