@@ -74,7 +74,7 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {
-    # The shipped test bed: about 16 minutes on two idle cores.
+    # The shipped test bed: about 18-20 minutes on two idle cores.
     "full": Setting(grid=8, vision_hidden=64, vision_layers=2, hidden=128, ffn=384, layers=4, heads=4, kv_heads=2,
                     vocab=1024, steps=1700, batch=2, lr=2e-3, drop_p=0.5, questions_per_scene=24, drivelm_per_scene=1,
                     eval_scenes=40),
@@ -705,7 +705,7 @@ def evaluate(model_dir: str | Path, scenes: int | list[T.TestbedScene], *, pruni
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder for the checkpoint")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="full",
-                        help="full: the shipped test bed (~15 min on 2 cores); quick: ~1 min, for tests")
+                        help="full: the shipped test bed (~20 min on 2 idle cores); quick: under 1 min, for tests")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--steps", type=int, help="override the setting's number of steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
