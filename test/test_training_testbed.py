@@ -110,21 +110,27 @@ def _tiny_setting() -> TB.Setting:
     return replace(TB.SETTINGS["quick"], drop_p=1.0, questions_per_scene=3, drivelm_per_scene=1, batch=2)
 
 
-def test_packed_questions_train_what_the_runtime_computes(scenes) -> None:
-    """Packed questions behind one prefix, and token dropout at layer K, give each question the logits it
-    gets alone in a plain forward pass (dense) or with the dropped tokens removed (pruned)."""
+def _random_model_and_batch(scenes, s: TB.Setting, attention: str):
+    """A random-weight test-bed model of setting ``s`` and a packed batch of two scenes for it."""
     from transformers import LlavaOnevisionForConditionalGeneration
 
     from prune2drive_ros.vlm.preprocess import ImageSpec
 
-    s = _tiny_setting()
     tokenizer = TB.build_tokenizer(TB.corpus(0, scenes=5), s.vocab)
     config = TB.model_config(tokenizer, s)
-    config.text_config._attn_implementation = "sdpa"
+    config.text_config._attn_implementation = attention
     torch.manual_seed(0)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     layout = TB.PromptTokens(tokenizer, s.grid * s.grid)
     batch = TB.make_batch(scenes[:2], layout, ImageSpec(size=s.grid * TB.PATCH), s, s.layers, random.Random(3))
+    return model, layout, batch
+
+
+def test_packed_questions_train_what_the_runtime_computes(scenes) -> None:
+    """Packed questions behind one prefix, and token dropout at layer K, give each question the logits it
+    gets alone in a plain forward pass (dense) or with the dropped tokens removed (pruned)."""
+    s = _tiny_setting()
+    model, layout, batch = _random_model_and_batch(scenes, s, "sdpa")
     assert batch.prune_layer.tolist() != [s.layers, s.layers]  # drop_p = 1: both scenes drop tokens
     packed = TB.packed_logits(model, batch, layout)  # [B, T, vocab]
 
@@ -155,18 +161,8 @@ def test_packed_questions_train_what_the_runtime_computes(scenes) -> None:
 
 def test_view_attention_hint_is_the_heads_attention_mass(scenes) -> None:
     """The training hint reads head 0 of the guided layer exactly as eager attention computes it."""
-    from transformers import LlavaOnevisionForConditionalGeneration
-
-    from prune2drive_ros.vlm.preprocess import ImageSpec
-
     s = replace(_tiny_setting(), layers=3, questions_per_scene=20)
-    tokenizer = TB.build_tokenizer(TB.corpus(0, scenes=5), s.vocab)
-    config = TB.model_config(tokenizer, s)
-    config.text_config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = LlavaOnevisionForConditionalGeneration(config).eval()
-    layout = TB.PromptTokens(tokenizer, s.grid * s.grid)
-    batch = TB.make_batch(scenes[:2], layout, ImageSpec(size=s.grid * TB.PATCH), s, s.layers, random.Random(3))
+    model, layout, batch = _random_model_and_batch(scenes, s, "eager")
     assert len(batch.asks), "the sampled questions include per-view ones"
     with torch.no_grad():
         packed = TB.packed_forward(model, batch, layout)

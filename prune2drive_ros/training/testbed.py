@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from prune2drive_ros.cameras import CAMERA_NAMES, NUM_CAMERAS
 from prune2drive_ros.data import testbed_scenes as T
+from prune2drive_ros.data.synthetic_world import IMAGE_HEIGHT, IMAGE_WIDTH
 from prune2drive_ros.training import TESTBED_MARKER
 
 HELDOUT_SEED = 1_000_003
@@ -241,8 +242,6 @@ CONE_CLASSES = 1 + T.CONE_SLOTS  # no cone, then a cone on each slot (range x be
 
 def patch_labels(scene: T.TestbedScene, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per view and patch ([V, grid * grid]): the slot class of a cone there, and whether any object covers it."""
-    from prune2drive_ros.data.synthetic_world import IMAGE_HEIGHT, IMAGE_WIDTH
-
     cones = torch.zeros(NUM_CAMERAS, grid, grid, dtype=torch.long)
     objects = torch.zeros(NUM_CAMERAS, grid, grid, dtype=torch.bool)
     sx, sy = grid / IMAGE_WIDTH, grid / IMAGE_HEIGHT
@@ -257,8 +256,6 @@ def patch_labels(scene: T.TestbedScene, grid: int) -> tuple[torch.Tensor, torch.
 
 def patch_index(point: tuple[float, float], grid: int) -> int:
     """The patch (row-major, of grid x grid) that a full-resolution pixel falls in once the view is resized."""
-    from prune2drive_ros.data.synthetic_world import IMAGE_HEIGHT, IMAGE_WIDTH
-
     return int(point[1] * grid / IMAGE_HEIGHT) * grid + int(point[0] * grid / IMAGE_WIDTH)
 
 
