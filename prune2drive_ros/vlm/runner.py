@@ -29,6 +29,7 @@ from prune2drive_ros.vlm.backends import make_vision_backend
 from prune2drive_ros.vlm.config import DEFAULT_MAX_QUESTION_TOKENS, RunnerConfig
 from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, Sampler, bucket, question_capacity
 from prune2drive_ros.vlm.graphs import GraphSet
+from prune2drive_ros.vlm.info import RunnerInfo
 from prune2drive_ros.vlm.loading import load_checkpoint, resolve_device, resolve_dtype
 from prune2drive_ros.vlm.plan import PrunePlan
 from prune2drive_ros.vlm.prefill import StaticPrefill
@@ -122,6 +123,8 @@ class VLMRunner:
         self._prefix: Prefix | None = None
         self._decode: DecodeBatch | None = None
         self.warmup_ms = 0.0
+        self.paths: dict[str, str] = {}
+        """Per-stage paths of the last answer (``RunnerInfo.paths``)."""
         self.set_budgets(retain=config.retain, view_ratios=config.view_ratios, warm_up=False)
 
     # -- construction --------------------------------------------------------------------------
@@ -219,6 +222,14 @@ class VLMRunner:
     @property
     def vision_backend_name(self) -> str:
         return self.vision.name
+
+    def info(self) -> RunnerInfo:
+        """What this runner is: device, dtype, vision backend and why, pruning, paths, warm-up time."""
+        return RunnerInfo(
+            model=self.config.model, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
+            vision_backend=self.vision.name, vision_reason=self.vision.reason, pruning=self.config.pruning,
+            prune_layer=self.config.layer, budgets=tuple(self.budgets), tokens_per_view=self.tokens_per_view,
+            max_new_tokens=self.max_new_tokens, warmup_ms=self.warmup_ms, paths=dict(self.paths))
 
     @property
     def prefix(self) -> Prefix | None:
