@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -27,7 +27,7 @@ from prune2drive_ros.cameras import NUM_CAMERAS
 from prune2drive_ros.pruning import get_pruner, layer_flops, view_budgets
 from prune2drive_ros.vlm.backends import make_vision_backend
 from prune2drive_ros.vlm.config import DEFAULT_MAX_QUESTION_TOKENS, RunnerConfig
-from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, Sampler, bucket, question_capacity
+from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, Progress, Sampler, bucket, question_capacity
 from prune2drive_ros.vlm.graphs import GraphSet
 from prune2drive_ros.vlm.info import RunnerInfo
 from prune2drive_ros.vlm.loading import load_checkpoint, resolve_device, resolve_dtype
@@ -39,6 +39,21 @@ from prune2drive_ros.vlm.pruned_llm import Prefix, PrunedLanguageModel, VisualLa
 from prune2drive_ros.vlm.vision import VisionEncoder
 
 STAGES = ("preprocess", "vision", "prune", "prefill", "decode")
+
+OnProgress = Callable[[Mapping[int, list[int]]], Iterable[int] | None]
+"""``VLMRunner.answer``'s ``on_progress({question index: tokens so far}) -> question indices to stop``."""
+
+
+def _shifted(on_progress: OnProgress | None, start: int) -> Progress | None:
+    """The decode loop's callback (rows of one batch) for questions ``start``, ``start + 1``, ... of the call."""
+    if on_progress is None:
+        return None
+
+    def report(tokens: list[list[int]]) -> list[int]:
+        stop = on_progress({start + row: seq for row, seq in enumerate(tokens)}) or ()
+        return [i - start for i in stop if start <= i < start + len(tokens)]
+
+    return report
 
 
 @dataclass
@@ -264,8 +279,13 @@ class VLMRunner:
 
     # -- the main entry point ------------------------------------------------------------------
     @torch.inference_mode()
-    def answer(self, images: Sequence[np.ndarray], questions, *, frame_key: Hashable | None = None) -> list[Answer]:
-        """Answer ``questions`` about one synchronized set of six RGB views (camera order)."""
+    def answer(self, images: Sequence[np.ndarray], questions, *, frame_key: Hashable | None = None,
+               on_progress: OnProgress | None = None) -> list[Answer]:
+        """Answer ``questions`` about one synchronized set of six RGB views (camera order).
+
+        ``on_progress({question index: tokens so far})``, called at every decode step of a batch, returns
+        the indices of questions to stop (or None): their answers end with the tokens they have.
+        """
         validate_images(images, self.max_image_side)
         suffixes = self._question_ids(questions)
         timer = StageTimer(self.device)
@@ -288,15 +308,15 @@ class VLMRunner:
             results, paths = [], set()
             for start in range(0, len(suffixes), BATCH_BUCKETS[-1]):
                 chunk = suffixes[start : start + BATCH_BUCKETS[-1]]
-                results += self._answer_on_prefix(prefix, chunk, timer)
+                results += self._answer_on_prefix(prefix, chunk, timer, _shifted(on_progress, start))
                 paths.add(self._path())
             prefills = [prefix] * len(suffixes)
             shared = [reused or i > 0 for i in range(len(suffixes))]
             path = " + ".join(sorted(paths))
         else:
             results, prefills = [], []
-            for ids in suffixes:
-                result, prefill = self._answer_alone(embeds, ids, timer)
+            for i, ids in enumerate(suffixes):
+                result, prefill = self._answer_alone(embeds, ids, timer, _shifted(on_progress, i))
                 results.append(result)
                 prefills.append(prefill)
             shared = [False] * len(suffixes)
@@ -329,7 +349,8 @@ class VLMRunner:
             self._decode = batch
         return batch
 
-    def _answer_on_prefix(self, prefix: Prefix, suffixes: list[list[int]], timer: StageTimer) -> list[list[int]]:
+    def _answer_on_prefix(self, prefix: Prefix, suffixes: list[list[int]], timer: StageTimer,
+                          on_progress: Progress | None = None) -> list[list[int]]:
         """Prefill the questions on the shared prefix at once, then decode them as one batch."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with timer.stage("prefill"):
@@ -337,7 +358,8 @@ class VLMRunner:
             last = batch.start(prefix, suffixes, pad)
         with timer.stage("decode"):
             batch.capture(self.graphs, batch.active)
-            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, len(suffixes))
+            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, len(suffixes),
+                                    on_progress)
         self._last_batch = batch
         return tokens
 
@@ -352,7 +374,8 @@ class VLMRunner:
         failures = "; ".join(f"{k}: {v}" for k, v in self._static.failures.items())
         return ", ".join(parts) + (f" (capture failed: {failures})" if failures else "")
 
-    def _answer_alone(self, prefix_embeds: torch.Tensor, suffix: list[int], timer: StageTimer):
+    def _answer_alone(self, prefix_embeds: torch.Tensor, suffix: list[int], timer: StageTimer,
+                      on_progress: Progress | None = None):
         """Question-dependent pruning: the whole prompt is prefilled (and pruned) for this question."""
         ids = torch.tensor(suffix, device=self.device)
         embeds = torch.cat([prefix_embeds, self.llm.embed_tokens(ids[None])], dim=1)
@@ -365,8 +388,12 @@ class VLMRunner:
         with timer.stage("decode"):
             batch = self._decode_batch(prefill, 0, 1, True)
             last = batch.start_after_prompt(prefill)
-            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, 1)[0]
+            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, 1, on_progress)[0]
         return tokens, prefill
+
+    def text(self, tokens: Sequence[int]) -> str:
+        """The answer text of generated token ids (stop tokens and special tokens left out)."""
+        return self._text(list(tokens))
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode([t for t in tokens if t not in self.eos_token_ids], skip_special_tokens=True).strip()
