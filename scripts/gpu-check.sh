@@ -33,9 +33,9 @@ bench_args=()
 case "$mode" in
   quick) bench_args=(--quick); bench_s=${GPU_CHECK_BENCH_S:-90} ;;
   cpu) bench_args=(--device cpu); bench_s=${GPU_CHECK_BENCH_S:-240}; export CUDA_VISIBLE_DEVICES="" ;;
-  *) bench_s=${GPU_CHECK_BENCH_S:-170} ;;
+  *) bench_s=${GPU_CHECK_BENCH_S:-180} ;;
 esac
-tests_s=${GPU_CHECK_TESTS_S:-100}
+tests_s=${GPU_CHECK_TESTS_S:-80}
 start=$(date +%s)
 elapsed() { echo "$(($(date +%s) - start)) s"; }
 

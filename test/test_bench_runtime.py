@@ -16,7 +16,7 @@ def test_bench_prefill_compares_generate_dense_and_pruned_and_reports_agreement(
     rows = {line[:24].strip(): line[24:].split() for line in out.stdout.splitlines()}  # name column: 24 wide
     assert {"transformers generate", "ours dense", "ours tfps 0.1"} <= set(rows)
     ttft, pre_vision, prefix, question, _, ideal = (float(x) for x in rows["ours tfps 0.1"][:6])
-    assert ttft == pytest.approx(pre_vision + prefix + question)  # TTFT's parts, the question on its own
+    assert ttft == pytest.approx(pre_vision + prefix + question, abs=0.2)  # TTFT's parts, the question on its own
     # One layer from K on over ~10% of the patches: attention's n^2 dominates a 64-wide model, so
     # the ideal is far above the 10x of the linear layers alone.
     assert ideal > 10.0
