@@ -102,7 +102,7 @@ def test_another_gpu_is_judged_on_the_any_gpu_column_against_its_bandwidth(tmp_p
 def test_the_decode_floor_is_weight_bytes_over_the_bandwidth(tmp_path, capsys) -> None:
     _table(tmp_path, _h100_rows("NVIDIA H200", decode_b1_ms=4.3), capsys)
     rows = read_rows(tmp_path / "rows.jsonl")
-    ctx, values, verdicts = evaluate(rows, with_tests=False)
+    _, values, verdicts = evaluate(rows, with_tests=False)
     assert values["decode_floor_ms"].value == pytest.approx(15e9 / 4800e9 * 1e3)
     assert next(v for v in verdicts if v.measure.startswith("decode, batch 1")).result == "pass"
 
@@ -143,6 +143,16 @@ def test_the_recorded_rows_give_the_visual_prefill_fraction(tmp_path, capsys) ->
     _table(tmp_path, _h100_rows(), capsys)
     _, values, _ = evaluate(read_rows(tmp_path / "rows.jsonl"), with_tests=False)
     assert values["visual_prefill_of_ideal"].value == pytest.approx((136 - 4.25) / (17 - 4.25) / 9)
+
+
+def test_timings_too_noisy_to_split_fail_on_a_gpu_and_are_no_fault_on_a_cpu(tmp_path, capsys) -> None:
+    measure = "visual prefill (layer K on, question excluded), retain 0.1"
+    noisy = _h100_rows(ttft_ms=15.0)  # pruned prefix 2 ms, below the dense head's 4.25 ms
+    rc, results = _table(tmp_path, noisy, capsys)
+    assert rc == 1 and results[measure].startswith("FAIL (no value: the pruned prefix")
+    on_cpu = [Row("device", "cpu") if r.key == "device" else r for r in noisy]
+    rc, results = _table(tmp_path, on_cpu, capsys)
+    assert rc == 0 and results[measure] == "n/a (no GPU)"
 
 
 def test_quick_runs_judge_only_what_does_not_depend_on_the_model_size(tmp_path, capsys) -> None:

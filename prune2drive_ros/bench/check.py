@@ -170,8 +170,8 @@ def measure(args: argparse.Namespace, log: RowLog) -> None:
     dtype = torch.bfloat16 if gpu else torch.float32
     log.add(Row("preset", name, note=f"hidden {preset.hidden}, {preset.layers} layers, FFN {preset.ffn}, "
                 f"heads {preset.heads}/{preset.kv_heads}, vision {preset.vision} x{preset.vision_layers}, "
-                f"vocab {args.vocab or preset.vocab}, {dtype}, {repeats} repeats, frames {preset.frame[0]}x{preset.frame[1]}, "
-                f"torch {torch.__version__}"))
+                f"vocab {args.vocab or preset.vocab}, {dtype}, {repeats} repeats, "
+                f"frames {preset.frame[0]}x{preset.frame[1]}, torch {torch.__version__}"))
     if gpu:
         props = torch.cuda.get_device_properties(device)
         log.add(Row("device", torch.cuda.get_device_name(device), note=f"sm_{props.major}{props.minor}, "

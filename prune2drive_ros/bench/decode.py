@@ -3,8 +3,9 @@
 One table, same weights, one run, each row printed as it is measured: decode time per token at
 batch 1 (one question) and per step at batch 8 (eight questions on one frame set; ours shares the
 prefix), how the stages ran, and on a GPU the fraction of a batch-1 answer's wall time the GPU was
-busy, and the weight-streaming floor (weight bytes / the GPU's memory bandwidth). Per token is
-``(t(N tokens) - t(1 token)) / (N - 1)`` for both, so the prompt's prefill cancels.
+busy, and the weight-streaming floor (weight bytes / the GPU's memory bandwidth). Ours is the
+runner's decode stage over its N - 1 steps; ``generate``'s is ``(t(N tokens) - t(1 token)) / (N - 1)``,
+so its prompt's prefill cancels.
 """
 
 from __future__ import annotations

@@ -194,8 +194,8 @@ def _derived(rows: Mapping[str, Row], key: str, needs: tuple[str, ...], compute,
         return None
     try:
         value = compute(*(_value(rows, k) for k in needs))
-    except (ValueError, ZeroDivisionError) as exc:
-        return Row(key, None, unit, note, problem=str(exc))
+    except (ValueError, ZeroDivisionError) as exc:  # no value (noise), not a fault: a GPU run still fails on it
+        return Row(key, None, unit, f"no value: {exc}", _problems(rows, needs))
     return Row(key, float(value), unit, note, _problems(rows, needs))
 
 
@@ -347,8 +347,10 @@ def judge(target: Target, values: Mapping[str, Row], ctx: Context) -> Verdict:
         return Verdict(target.measure, shown, rule, "n/a (no GPU)")
     if limit is None:
         return Verdict(target.measure, shown, rule, "reported")
-    if value is None or bound is None:
-        return Verdict(target.measure, shown, rule, f"FAIL (no value for {limit.of or target.key})")
+    if value is None:
+        return Verdict(target.measure, shown, rule, f"FAIL ({row.note or 'no value'})")
+    if bound is None:
+        return Verdict(target.measure, shown, rule, f"FAIL (no value for {BASE_NAMES.get(limit.of, limit.of)})")
     ok = value <= bound if target.op == "<=" else value >= bound
     if ctx.preset != "full" and not target.any_size:
         return Verdict(target.measure, shown, rule, f"dry run: {'pass' if ok else 'fail'}")
