@@ -130,6 +130,15 @@ def test_rows_lost_to_a_timeout_fail_as_not_measured(tmp_path, capsys) -> None:
     assert results["T-FPS, 6 x 729 x 4096 (ms)"] == "pass"
 
 
+def test_a_crash_fails_what_it_left_unmeasured_and_names_the_cause(tmp_path, capsys) -> None:
+    rows = [r for r in _h100_rows() if r.key in ("preset", "device", "tfps_ms")]
+    rows.append(Row("error", "RuntimeError", note="capture failed", problem="the benchmark stopped"))
+    rc, results = _table(tmp_path, rows, capsys)
+    assert rc == 1
+    assert results["decode, batch 1 (ms/token)"] == "FAIL (not measured; stopped by RuntimeError: capture failed)"
+    assert results["T-FPS, 6 x 729 x 4096 (ms)"] == "pass"
+
+
 def test_visual_prefill_fraction_removes_the_dense_head_from_both_runs() -> None:
     # 32 layers, K = 1: the dense prefix of 64 ms is 2 ms of head and 62 of tail; the pruned one spends
     # 2 + 9.75 ms, a 6.36x tail speed-up where FLOPs allow 8x.

@@ -210,6 +210,8 @@ class Context:
     bandwidth_note: str
     column: str
     preset: str
+    stopped: str = ""
+    """Why the measurements stopped early (the ``error`` row), if they did."""
 
 
 def context(rows: Mapping[str, Row]) -> Context:
@@ -225,7 +227,9 @@ def context(rows: Mapping[str, Row]) -> Context:
     else:
         bandwidth, note = None, "no GPU" if not on_gpu else "GPU not in the bandwidth table and no copy measured"
     column = H100_SXM if spec is not None and spec.label == H100_SXM else "any GPU"
-    return Context(device, on_gpu, spec, bandwidth, note, column, preset)
+    error = rows.get("error")
+    stopped = f"{error.value}: {error.note}" if error is not None else ""
+    return Context(device, on_gpu, spec, bandwidth, note, column, preset, stopped)
 
 
 def derive(rows: Mapping[str, Row], ctx: Context) -> dict[str, Row]:
@@ -340,7 +344,8 @@ def judge(target: Target, values: Mapping[str, Row], ctx: Context) -> Verdict:
         rule += f" = {_fmt(bound, target.percent)}" if limit.of and bound is not None else ""
 
     if row is None:
-        return Verdict(target.measure, shown, rule, "FAIL (not measured)")
+        why = f"not measured; stopped by {ctx.stopped}" if ctx.stopped else "not measured"
+        return Verdict(target.measure, shown, rule, f"FAIL ({why})")
     if row.problem:
         return Verdict(target.measure, shown, rule, f"FAIL ({row.problem})")
     if not ctx.on_gpu:
