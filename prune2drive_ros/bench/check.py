@@ -74,7 +74,8 @@ PRESETS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a reduced model (4 layers, hidden 1024): a dry run; only T-FPS and the tests are judged")
-    settings.add_arguments(parser, ("device",), device={"help": "cuda or cpu (auto: cuda when available; cpu runs a tiny model)"})
+    settings.add_arguments(parser, ("device",),
+                           device={"help": "cuda or cpu (auto: cuda when available; cpu runs a tiny model)"})
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default: 10 on GPU, 1 on CPU)")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens per answer in the decode rows")
     parser.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: 128256 on GPU)")
