@@ -79,7 +79,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "prune2drive = prune2drive_ros.cli:main",
+            "prune2drive = prune2drive_ros.cli:console",
             "drive_vqa_node = prune2drive_ros.ros.node:main",
         ],
     },

@@ -34,6 +34,7 @@ CHUNK = 8
 """Questions sent at once: the node's batch size, well inside its queue of live questions."""
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prune2drive"
 GROUP_TIMEOUT_S = 120.0
+RELEASE_TIMEOUT_S = 0.5
 DEMO_SETTINGS = ("pruning", "retain", "prune_layer", "vision_backend", "device", "dtype", "max_new_tokens")
 """The node settings the demo takes as flags (their defaults: ``prune2drive_ros.settings``)."""
 
@@ -221,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.signals import SignalHandlerOptions
 
     from prune2drive_ros.data.player import BagPlayer
-    from prune2drive_ros.ros.node import SHUTDOWN_TIMEOUT_S, DriveVqaNode
+    from prune2drive_ros.ros.node import DriveVqaNode
 
     # Ctrl-C stays a KeyboardInterrupt (rclpy's handler would only shut the context down).
     context = rclpy.Context()
@@ -260,7 +261,8 @@ def run(args: argparse.Namespace) -> int:
         replay.join(timeout=10.0)
     finally:
         stop.set()
-        node.release(SHUTDOWN_TIMEOUT_S, reason="shutdown")
+        # Done or interrupted, the demo ends now: an inference still in its prefill is left behind.
+        node.release(RELEASE_TIMEOUT_S, reason="shutdown")
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         listener_node.destroy_node()
