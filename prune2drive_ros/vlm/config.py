@@ -13,6 +13,9 @@ from typing import Any
 DEFAULT_MAX_QUESTION_TOKENS = 512
 DEFAULT_MAX_NEW_TOKENS = 64
 CUDA_GRAPH_MODES = ("auto", "on", "off")
+# Kept in step with vlm.quantize.WEIGHT_CHOICES (this module stays torch-free).
+WEIGHT_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8", "int4", "fp8")
+_DTYPE_OF_WEIGHTS = {"fp32": ("fp32", "float32"), "bf16": ("bf16", "bfloat16"), "fp16": ("fp16", "float16")}
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class RunnerConfig:
     """None: the preprocessing module's bound."""
     cuda_graphs: str = "auto"
     """auto: capture on CUDA, eager elsewhere; off: always eager; on: like auto, but a failed capture raises."""
+    weights: str = "auto"
+    """Language-model weights: auto (the model dtype) | fp32 | bf16 | fp16 | int8 | int4 | fp8 (weight-only
+    quantized at load, cached in ``engine_dir``; vision tower and embeddings stay in the model dtype)."""
 
     def __post_init__(self) -> None:
         if self.view_ratios is not None and not isinstance(self.view_ratios, tuple):
@@ -55,6 +61,10 @@ class RunnerConfig:
             raise ValueError(f"prune_layer must be >= 0, got {self.prune_layer}")
         if self.cuda_graphs not in CUDA_GRAPH_MODES:
             raise ValueError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {self.cuda_graphs!r}")
+        if self.weights not in WEIGHT_CHOICES:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {self.weights!r}")
+        if self.weights in _DTYPE_OF_WEIGHTS and self.dtype not in (None, "", "auto", *_DTYPE_OF_WEIGHTS[self.weights]):
+            raise ValueError(f"weights={self.weights} and dtype={self.dtype} disagree; set one of them")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
 
