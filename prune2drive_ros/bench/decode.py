@@ -23,10 +23,12 @@ from prune2drive_ros.bench.runtime import (
     images,
     median_ms,
 )
+from prune2drive_ros.bench.weights import add_weights_argument, run_weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_weights_argument(parser)
     parser.add_argument("--retain", type=float, nargs="+", default=[0.1])
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per answer")
     parser.add_argument("--batch", type=int, default=8, help="questions in the batched row")
@@ -41,6 +43,8 @@ def _ours(runner, frames, batch: int, repeats: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.weights:
+        return run_weights(args, args.new_tokens, args.batch, args.retain[0])
     if args.new_tokens < 2:
         raise SystemExit("--new-tokens must be >= 2")
     runner = build_runner(args, pruning="none", retain=1.0, max_new_tokens=args.new_tokens)

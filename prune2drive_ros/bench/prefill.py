@@ -26,12 +26,14 @@ from prune2drive_ros.bench.runtime import (
     median_ms,
     prefill_flops_ratio,
 )
+from prune2drive_ros.bench.weights import add_weights_argument, run_weights
 
 AGREEMENT_TOKENS = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_weights_argument(parser)
     parser.add_argument("--retain", type=float, nargs="+", default=[0.1, 0.25, 0.5])
 
 
@@ -45,6 +47,8 @@ def _measure(runner, frames, repeats: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.weights:
+        return run_weights(args, 8, 8, args.retain[0])
     runner = build_runner(args, pruning="none", retain=1.0, max_new_tokens=1)
     cfg = runner.model.config.text_config
     print(f"model: {args.model or 'random DriveMM-shaped'}  hidden={cfg.hidden_size} ffn={cfg.intermediate_size} "

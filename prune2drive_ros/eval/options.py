@@ -54,6 +54,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, with_ratios: bool = 
         "--device", default=None, help="cpu | cuda | cuda:N (default: cuda if present; under torchrun cuda:LOCAL_RANK)"
     )
     g.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16 (default: the runtime's choice)")
+    g.add_argument("--weights", default="auto",
+                   help="language-model weights: auto | fp32 | bf16 | fp16 | int8 | int4 | fp8 (default auto: the dtype)")
     g.add_argument("--vision-backend", default="torch", help="torch | onnxruntime | tensorrt (default torch)")
     g.add_argument("--engine-dir", default=None, help="vision engine cache folder")
     g.add_argument("--max-new-tokens", type=int, default=64)
@@ -104,6 +106,7 @@ def runner_settings(args: argparse.Namespace, view_ratios: list[float] | None = 
         "device": args.device,
         "dtype": args.dtype,
         "vision_backend": args.vision_backend,
+        "weights": getattr(args, "weights", "auto"),
         "engine_dir": args.engine_dir,
         "max_new_tokens": args.max_new_tokens,
     }
