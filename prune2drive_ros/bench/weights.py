@@ -68,3 +68,4 @@ def run_weights(args: argparse.Namespace, new_tokens: int, batch: int, retain: f
     print("\n".join(lines))
     print(f"ratio: this row / the {base[0]} row, same run; LLM GB: embeddings + decoder + lm_head as stored")
     return 0
+
