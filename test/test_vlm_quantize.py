@@ -164,6 +164,26 @@ def test_cache_is_keyed_by_checkpoint_content(tiny_model, tmp_path) -> None:
     assert len(list(cache.glob("llm-int8-*.safetensors"))) == 2
 
 
+def test_torchao_int8_path_quantizes_caches_and_reloads_on_cpu(tiny_model, tmp_path, monkeypatch) -> None:
+    """The CUDA path's code (torchao tensor subclasses, its safetensors flattening in the cache) run on
+    CPU with torchao's int8, which has a CPU kernel; int4 (tinygemm) and fp8 need the GPU tests."""
+    pytest.importorskip("torchao")
+    from prune2drive_ros.vlm import weights_cache
+
+    monkeypatch.setattr(Q, "uses_torchao", lambda device: True)
+    monkeypatch.setattr(weights_cache, "uses_torchao", lambda device: True)
+    settings = dict(weights="int8", pruning="tfps", retain=0.25, max_new_tokens=6, engine_dir=str(tmp_path))
+    first = VLMRunner.from_pretrained(tiny_model, **settings)
+    weight = first.model.model.language_model.layers[0].self_attn.q_proj.weight
+    assert type(weight).__name__ == "Int8Tensor" and type(first.model.lm_head.weight).__name__ == "Int8Tensor"
+    assert Q.language_model_bytes(first.model) < Q.language_model_bytes(VLMRunner.from_pretrained(tiny_model).model) / 2
+    tokens = [a.token_ids for a in first.answer(_images(6), QUESTIONS)]
+    second = VLMRunner.from_pretrained(tiny_model, **settings)
+    assert second.weights_source == "cache"
+    assert type(second.model.model.language_model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+    assert [a.token_ids for a in second.answer(_images(6), QUESTIONS)] == tokens
+
+
 # -- refusals and settings -----------------------------------------------------------------------------
 def test_fp8_on_cpu_is_refused_in_one_line_naming_the_device_and_what_it_supports(tiny_model) -> None:
     with pytest.raises(Q.WeightsUnsupported) as info:

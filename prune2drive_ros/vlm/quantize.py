@@ -38,6 +38,7 @@ QUANTIZED_WEIGHTS = ("int8", "int4", "fp8")
 INT4_GROUPS = (128, 64, 32)  # the largest that divides a layer's input width is used
 INT4_MIN_CAPABILITY = (8, 0)  # tinygemm's tensor-core kernel
 FP8_MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada, Hopper, Thor (Orin is 8.7)
+MIN_TORCHAO = (0, 16)  # Int8Tensor (version 2) and the safetensors helpers the cache uses
 
 
 class WeightsUnsupported(ValueError):
@@ -79,8 +80,11 @@ def weights_problem(weights: str, device: torch.device, dtype: torch.dtype | Non
         return None if hasattr(torch.ops.aten, op) else f"this torch {torch.__version__} has no aten.{op} kernel"
     if device.type != "cuda":
         return f"{weights} weights run on cuda or cpu, not {device.type}"
-    if torchao_version() is None:
+    version = torchao_version()
+    if version is None:
         return f"{weights} on CUDA needs torchao (pip install '.[quant]')"
+    if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < MIN_TORCHAO:
+        return f"{weights} on CUDA needs torchao >= {'.'.join(map(str, MIN_TORCHAO))}, found {version}"
     capability = torch.cuda.get_device_capability(device.index if device.index is not None else None)
     if weights == "fp8" and capability < FP8_MIN_CAPABILITY:
         return "fp8 needs compute capability >= 8.9 (Ada, Hopper, Thor; Orin is 8.7)"
@@ -213,11 +217,16 @@ def _torchao_config(precision: str, linear: nn.Linear):
     from torchao.quantization import Float8WeightOnlyConfig, Int4WeightOnlyConfig, Int8WeightOnlyConfig
 
     if precision == "int8":
-        return Int8WeightOnlyConfig(set_inductor_config=False)
+        return Int8WeightOnlyConfig(set_inductor_config=False, version=2)
     if precision == "int4":
         return Int4WeightOnlyConfig(group_size=int4_group(linear.in_features), set_inductor_config=False,
                                     int4_packing_format="tile_packed_to_4d")
     return Float8WeightOnlyConfig(set_inductor_config=False)
+
+
+def uses_torchao(device: torch.device) -> bool:
+    """torchao's tensor subclasses on CUDA; the aten CPU layers elsewhere."""
+    return device.type == "cuda"
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -232,7 +241,7 @@ def quantize_model(model: nn.Module, weights: str) -> list[Target]:
     chosen = targets(model, weights)
     for target in chosen:
         linear = model.get_submodule(target.name)
-        if device.type == "cpu":
+        if not uses_torchao(device):
             _set_module(model, target.name, CPU_LAYERS[target.precision].from_linear(linear))
         else:
             from torchao.quantization import quantize_
@@ -245,7 +254,7 @@ def quantize_model(model: nn.Module, weights: str) -> list[Target]:
 def export_state(model: nn.Module, chosen: list[Target]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Plain tensors (and string metadata) that ``import_state`` turns back into the quantized layers."""
     device = next(model.parameters()).device
-    if device.type == "cpu":
+    if not uses_torchao(device):
         tensors = {f"{t.name}.{k}": v.contiguous() for t in chosen
                    for k, v in model.get_submodule(t.name).state_dict().items()}
         return tensors, {"format": "cpu"}
@@ -261,9 +270,9 @@ def import_state(model: nn.Module, chosen: list[Target], tensors: dict[str, Tens
     """Install a state from ``export_state`` (same model, same targets) in place of quantizing again.
     Everything is checked before the model changes: a state that does not fit raises and leaves it as it was."""
     device = next(model.parameters()).device
-    if metadata.get("format") != ("cpu" if device.type == "cpu" else "torchao"):
+    if metadata.get("format") != ("torchao" if uses_torchao(device) else "cpu"):
         raise ValueError(f"quantized state in format {metadata.get('format')!r} does not fit a {device.type} model")
-    if device.type == "cpu":
+    if not uses_torchao(device):
         built = {t.name: _cpu_layer(t, model.get_submodule(t.name), tensors) for t in chosen}
     else:
         from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict

@@ -30,6 +30,7 @@ from prune2drive_ros.vlm.quantize import (
     quantize_model,
     targets,
     torchao_version,
+    uses_torchao,
 )
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def cache_key(model: nn.Module, weights: str, chosen: list[Target], checkpoint: 
         [[t.name, t.precision, list(model.get_submodule(t.name).weight.shape)] for t in chosen]
         + linear_names(model)).encode()).hexdigest()
     identity = cache.device_identity(device)
-    library = f"torchao {torchao_version()}" if device.type == "cuda" else "aten packed kernels"
+    library = f"torchao {torchao_version()}" if uses_torchao(device) else "aten packed kernels"
     return cache.CacheKey(backend="llm-weights", precision=weights, weights=f"{checkpoint}:{layout[:16]}",
                           runtime_version=f"torch {torch.__version__}; {library}; format {QUANT_FORMAT}",
                           gpu=identity["gpu"], capability=identity["capability"], max_views=0)
