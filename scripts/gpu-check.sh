@@ -37,11 +37,15 @@ section env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version 
 if ! $py -c "import pytest" 2>/dev/null && [ -d wheels ]; then
   $py -m pip install -q --no-index --find-links wheels pytest >"$out/pytest-install.log" 2>&1
 fi
-section gpu-tests 90 $py -m pytest -m gpu test/test_vlm_static.py -q -p no:cacheprovider -rs
+section gpu-tests 150 $py -m pytest -m gpu test/test_vlm_static.py test/test_vlm_quantize.py -q -p no:cacheprovider -rs
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of words
 section prefill 100 $py -m prune2drive_ros.cli bench prefill --repeats 3 --retain 0.1 0.25 ${BENCH_ARGS:-}
 # shellcheck disable=SC2086
 section decode 100 $py -m prune2drive_ros.cli bench decode --repeats 3 --new-tokens 32 --retain 0.1 ${BENCH_ARGS:-}
+# The int8/int4 (and fp8 where the GPU has 8.9) rows: targets int4 b=1 ms/token <= 0.5x bf16, graphs captured.
+# shellcheck disable=SC2086
+section weights 240 $py -m prune2drive_ros.cli bench decode --repeats 3 --new-tokens 32 --retain 0.1 \
+  --weights bf16 int8 int4 fp8 ${BENCH_ARGS:-}
 section tfps 30 $py -m prune2drive_ros.cli bench pruning --dims 4096 --retain 0.1 --methods tfps --repeats 20
 
 summary="$out/summary.txt"
@@ -54,7 +58,7 @@ summary="$out/summary.txt"
   echo
   echo "## gpu tests"
   tail -n 4 "$out/gpu-tests.log"
-  for name in prefill decode tfps; do
+  for name in prefill decode weights tfps; do
     echo
     echo "## bench $name"
     grep -v '^\s*$' "$out/$name.log" | tail -n 14

@@ -15,7 +15,7 @@ import statistics
 import torch
 
 from prune2drive_ros.bench.runtime import QUESTION, build_runner, images
-from prune2drive_ros.vlm.quantize import WEIGHT_CHOICES, language_model_bytes
+from prune2drive_ros.vlm.quantize import WEIGHT_CHOICES, WeightsUnsupported, language_model_bytes
 
 
 def add_weights_argument(parser: argparse.ArgumentParser) -> None:
@@ -42,9 +42,13 @@ def _ttft_ms(runner, frames, repeats: int) -> float:
 
 def run_weights(args: argparse.Namespace, new_tokens: int, batch: int, retain: float) -> int:
     frames = images(0)
-    rows = []
+    rows, refused = [], []
     for weights in args.weights:
-        runner = build_runner(args, pruning=args.pruning, retain=retain, max_new_tokens=new_tokens, weights=weights)
+        try:
+            runner = build_runner(args, pruning=args.pruning, retain=retain, max_new_tokens=new_tokens, weights=weights)
+        except WeightsUnsupported as exc:  # e.g. fp8 below compute capability 8.9: the other rows still run
+            refused.append(str(exc))
+            continue
         if not rows:
             cfg = runner.model.config.text_config
             print(f"model: {args.model or 'random DriveMM-shaped'}  hidden={cfg.hidden_size} "
@@ -59,13 +63,16 @@ def run_weights(args: argparse.Namespace, new_tokens: int, batch: int, retain: f
         runner.close()
         del runner
         gc.collect()
+    if not rows:
+        print("\n".join(refused))
+        return 1
     base = rows[0]
     lines = [f"{'weights':<8}{'compute':>9}{'b=1 ms/tok':>11}{'ratio':>7}{f'b={batch} ms/step':>13}{'ratio':>7}"
              f"{'TTFT ms':>9}{'ratio':>7}{'LLM GB':>8}  path"]
     for w, dtype, b1, bn, ttft, gb, path in rows:
         lines.append(f"{w:<8}{dtype:>9}{b1:>11.2f}{b1 / base[2]:>7.2f}{bn:>13.2f}{bn / base[3]:>7.2f}"
                      f"{ttft:>9.1f}{ttft / base[4]:>7.2f}{gb:>8.3f}  {path}")
-    print("\n".join(lines))
+    print("\n".join(lines + refused))
     print(f"ratio: this row / the {base[0]} row, same run; LLM GB: embeddings + decoder + lm_head as stored")
     return 0
 
