@@ -7,23 +7,14 @@ from __future__ import annotations
 import logging
 import shutil
 
-import numpy as np
 import pytest
 import torch
+from test_vlm_static import QUESTIONS, _images, cuda
 from torch import nn
 
 from prune2drive_ros.vlm import RunnerConfig, VLMRunner
 from prune2drive_ros.vlm import quantize as Q
 from prune2drive_ros.vlm.weights_cache import checkpoint_digest
-
-QUESTIONS = ["Is it safe to turn left?", "What are the important objects in the current scene?",
-             "Is there a pedestrian?"]
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def _images(seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (90, 160, 3), dtype=np.uint8) for _ in range(6)]
 
 
 def _linear(n: int, k: int, bias: bool = True) -> nn.Linear:

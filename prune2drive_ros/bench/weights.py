@@ -23,14 +23,6 @@ def add_weights_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"compare these language-model precisions in one table ({' | '.join(WEIGHT_CHOICES)})")
 
 
-def _decode_ms(runner, frames, batch: int, repeats: int) -> float:
-    questions = [f"{QUESTION} ({i})" for i in range(batch)]
-    runner.answer(frames, questions, frame_key=("weights",))  # prefix and graphs ready
-    steps = runner.max_new_tokens - 1
-    return statistics.median(runner.answer(frames, questions, frame_key=("weights",))[0].timings_ms["decode"] / steps
-                             for _ in range(repeats))
-
-
 def _ttft_ms(runner, frames, repeats: int) -> float:
     keep, runner.max_new_tokens = runner.max_new_tokens, 1
     try:
@@ -41,6 +33,8 @@ def _ttft_ms(runner, frames, repeats: int) -> float:
 
 
 def run_weights(args: argparse.Namespace, new_tokens: int, batch: int, retain: float) -> int:
+    from prune2drive_ros.bench.decode import _ours as decode_ms  # decode imports this module
+
     frames = images(0)
     rows, refused = [], []
     for weights in args.weights:
@@ -54,8 +48,8 @@ def run_weights(args: argparse.Namespace, new_tokens: int, batch: int, retain: f
             print(f"model: {args.model or 'random DriveMM-shaped'}  hidden={cfg.hidden_size} "
                   f"ffn={cfg.intermediate_size} layers={cfg.num_hidden_layers}  device={runner.device} "
                   f"threads={torch.get_num_threads()}  {args.pruning} {retain}  {new_tokens} new tokens")
-        b1 = _decode_ms(runner, frames, 1, args.repeats)
-        bn = _decode_ms(runner, frames, batch, args.repeats)
+        b1 = decode_ms(runner, frames, 1, args.repeats)
+        bn = decode_ms(runner, frames, batch, args.repeats)
         ttft = _ttft_ms(runner, frames, args.repeats)
         path = runner.answer(frames, QUESTION, frame_key=("weights",))[0].path
         rows.append((weights, str(runner.dtype).removeprefix("torch."), b1, bn, ttft,
