@@ -74,13 +74,13 @@ def precision_study(out: Path, model: str, weights: Sequence[str], heldout: Path
     (out / "precision.json").write_text(json.dumps(summary, indent=1))
     lines = [f"Quantized weights vs the model's own dtype, T-FPS at retain {retain:g}, {len(questions)} held-out "
              f"test-bed questions; paired bootstrap ({resamples} resamples) over the questions both runs scored.", "",
-             "| weights | MC accuracy | accuracy diff (points) [95% CI] | match F1 diff [95% CI] | answers changed |",
+             "| weights | MC accuracy | accuracy diff (points) [95% CI] | match F1 diff [95% CI] | MC flips |",
              "|---|---|---|---|---|", f"| {BASELINE} | {base_acc:.1f} | - | - | - |"]
     for w, row in rows.items():
         acc, match = row["accuracy"], row["match"]
         lines.append(f"| {w} | {row['accuracy_points']:.1f} | {100 * acc['difference']:+.2f} "
                      f"[{100 * acc['ci95'][0]:+.2f}, {100 * acc['ci95'][1]:+.2f}] | "
-                     f"{_fmt(match)} | {acc['changed']}/{acc['questions']} MC |")
+                     f"{_fmt(match)} | {acc['changed']}/{acc['questions']} |")
     (out / "precision.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return summary
