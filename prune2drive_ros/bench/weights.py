@@ -54,6 +54,8 @@ def run_weights(args: argparse.Namespace, new_tokens: int, batch: int, retain: f
         path = runner.answer(frames, QUESTION, frame_key=("weights",))[0].path
         rows.append((weights, str(runner.dtype).removeprefix("torch."), b1, bn, ttft,
                      language_model_bytes(runner.model) / 1e9, path))
+        # As each row finishes, so that a time limit still leaves the rows measured so far.
+        print(f"measured {weights}: b=1 {b1:.2f} ms/tok, b={batch} {bn:.2f} ms/step, TTFT {ttft:.1f} ms", flush=True)
         runner.close()
         del runner
         gc.collect()
