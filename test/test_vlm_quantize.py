@@ -198,12 +198,12 @@ def test_cuda_refusals_name_the_capability(monkeypatch) -> None:
     assert "torchao" in Q.weights_problem("int8", orin)
 
 
-def test_weights_setting_is_validated() -> None:
+def test_weights_setting_is_validated(tiny_model) -> None:
     with pytest.raises(ValueError, match="weights must be one of"):
         RunnerConfig(weights="int3")
-    with pytest.raises(ValueError, match="disagree"):
-        RunnerConfig(weights="bf16", dtype="float32")
     assert RunnerConfig(weights="bf16", dtype="bfloat16").weights == "bf16"
+    with pytest.raises(ValueError, match="disagree"):  # before anything loads
+        VLMRunner.from_pretrained(tiny_model, weights="bf16", dtype="float32")
 
 
 def test_float_weights_set_the_model_dtype(tiny_model) -> None:

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import torch
 
+from prune2drive_ros import settings
 from prune2drive_ros.vlm.quantize import QUANTIZED_WEIGHTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", nargs="+", default=["int8", "int4"], choices=QUANTIZED_WEIGHTS)
+    settings.add_arguments(parser, ("weights",), weights={"nargs": "+", "help": "quantized precisions (default: int8 int4)"})
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--ffn", type=int, default=3584)
     parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None, help="the model dtype (default: bf16 on CUDA, fp32 on CPU)")
+    settings.add_arguments(parser, ("device", "dtype"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
 
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"checkpoint: hidden={args.hidden} ffn={args.ffn} layers={args.layers}, {size:.2f} GB safetensors; "
               f"threads={torch.get_num_threads()}")
         lines = [f"{'start':<28}{'ms':>9}{'x full':>8}  weights from", f"{'full precision':<28}{full:>9.0f}{1.0:>8.2f}"]
-        for weights in args.weights:
+        for weights in [w for w in (args.weights if isinstance(args.weights, list) else ("int8", "int4"))
+                        if w in QUANTIZED_WEIGHTS]:
             cache = Path(tmp) / f"cache-{weights}"
             first, source = _start_ms(model, weights=weights, engine_dir=str(cache), **common)
             lines.append(f"{f'{weights} first (quantize)':<28}{first:>9.0f}{first / full:>8.2f}  {source}")

@@ -11,7 +11,7 @@ import gc
 
 import torch
 
-from prune2drive_ros.vlm.quantize import WEIGHT_CHOICES
+from prune2drive_ros import settings
 
 LLAMA3_8B = {"hidden": 4096, "ffn": 14336, "layers": 32, "heads": 32, "kv_heads": 8, "vocab": 128256}
 
@@ -48,15 +48,21 @@ def drivemm_weight_bytes(weights: str, shape: dict = LLAMA3_8B) -> dict[str, int
     return {"decoder": decoder, "embeddings": embed_bytes, "lm_head": int(per_row * shape["vocab"])}
 
 
+COMPARED = ("bf16", "int8", "int4", "fp8")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", nargs="+", default=["bf16", "int8", "int4"], choices=WEIGHT_CHOICES[1:])
+    settings.add_arguments(parser, ("weights",),
+                           weights={"nargs": "+", "help": f"precisions (default: {' '.join(COMPARED)})"})
 
 
 def run(args: argparse.Namespace) -> int:
     print("DriveMM language model (Llama-3-8B shape: hidden 4096, FFN 14336, 32 layers, vocab 128256), "
           "weight bytes as stored; vision tower and projector not included")
     print(f"{'weights':<8}{'decoder GB':>12}{'embed GB':>10}{'lm_head GB':>12}{'total GB':>10}")
-    for weights in args.weights:
+    for weights in args.weights if isinstance(args.weights, list) else COMPARED:
+        if weights == "auto":
+            continue
         parts = drivemm_weight_bytes(weights)
         gb = {k: v / 1e9 for k, v in parts.items()}
         print(f"{weights:<8}{gb['decoder']:>12.3f}{gb['embeddings']:>10.3f}{gb['lm_head']:>12.3f}{sum(gb.values()):>10.3f}")

@@ -10,32 +10,28 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 
 import torch
 
-from prune2drive_ros.bench.runtime import QUESTION, build_runner, images
-from prune2drive_ros.vlm.quantize import WEIGHT_CHOICES, WeightsUnsupported, language_model_bytes
+from prune2drive_ros import settings
+from prune2drive_ros.bench.runtime import build_runner, decode_step_ms, first_token, images, repeats
+from prune2drive_ros.vlm.quantize import WeightsUnsupported, language_model_bytes
 
 
 def add_weights_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", nargs="+", choices=WEIGHT_CHOICES, default=None, metavar="W",
-                        help=f"compare these language-model precisions in one table ({' | '.join(WEIGHT_CHOICES)})")
+    settings.add_arguments(parser, ("weights",), weights={
+        "nargs": "+", "help": "language-model precisions, one table row each, side by side (e.g. bf16 int8 int4); "
+                              "default: the model dtype only, in the usual tables"})
 
 
-def _ttft_ms(runner, frames, repeats: int) -> float:
-    keep, runner.max_new_tokens = runner.max_new_tokens, 1
-    try:
-        runs = [runner.answer(frames, QUESTION, frame_key=("ttft", i))[0] for i in range(repeats + 1)][1:]
-    finally:
-        runner.max_new_tokens = keep
-    return statistics.median(sum(a.timings_ms[k] for k in ("preprocess", "vision", "prune", "prefill")) for a in runs)
+def compares_weights(args: argparse.Namespace) -> bool:
+    """``--weights`` was given: one row per precision instead of the usual table."""
+    return isinstance(args.weights, list)
 
 
 def run_weights(args: argparse.Namespace, new_tokens: int, batch: int, retain: float) -> int:
-    from prune2drive_ros.bench.decode import _ours as decode_ms  # decode imports this module
-
     frames = images(0)
+    n = repeats(args)
     rows, refused = [], []
     for weights in args.weights:
         try:
@@ -47,13 +43,12 @@ def run_weights(args: argparse.Namespace, new_tokens: int, batch: int, retain: f
             cfg = runner.model.config.text_config
             print(f"model: {args.model or 'random DriveMM-shaped'}  hidden={cfg.hidden_size} "
                   f"ffn={cfg.intermediate_size} layers={cfg.num_hidden_layers}  device={runner.device} "
-                  f"threads={torch.get_num_threads()}  {args.pruning} {retain}  {new_tokens} new tokens")
-        b1 = decode_ms(runner, frames, 1, args.repeats)
-        bn = decode_ms(runner, frames, batch, args.repeats)
-        ttft = _ttft_ms(runner, frames, args.repeats)
-        path = runner.answer(frames, QUESTION, frame_key=("weights",))[0].path
+                  f"threads={torch.get_num_threads()}  {args.pruning} {retain}  {new_tokens} new tokens, median of {n}")
+        b1, answers = decode_step_ms(runner, frames, 1, new_tokens, n)
+        bn, _ = decode_step_ms(runner, frames, batch, new_tokens, n)
+        ttft = first_token(runner, frames, n, weights).ttft_ms
         rows.append((weights, str(runner.dtype).removeprefix("torch."), b1, bn, ttft,
-                     language_model_bytes(runner.model) / 1e9, path))
+                     language_model_bytes(runner.model) / 1e9, answers[-1].path))
         # As each row finishes, so that a time limit still leaves the rows measured so far.
         print(f"measured {weights}: b=1 {b1:.2f} ms/tok, b={batch} {bn:.2f} ms/step, TTFT {ttft:.1f} ms", flush=True)
         runner.close()

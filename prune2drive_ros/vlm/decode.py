@@ -13,7 +13,7 @@ step reads and writes only these buffers, so one CUDA graph per batch bucket rep
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -29,6 +29,9 @@ QUESTION_BLOCK = {True: 64, False: 8}
 STOP_CHECK_EVERY = 4  # tokens between host reads of "has every sequence stopped"
 MIN_GENERATED_SLOTS = 4  # a capture runs the step three times (two warm-ups, one capture): room for them
 
+Progress = Callable[[list[list[int]]], Iterable[int] | None]
+"""``on_progress(tokens per sequence so far) -> indices of sequences to stop`` (None: stop none)."""
+
 
 def bucket(batch: int) -> int:
     return next((b for b in BATCH_BUCKETS if b >= batch), batch)
@@ -42,7 +45,7 @@ def question_capacity(longest: int, graphs: bool) -> int:
 class Sampler:
     """Greedy (temperature 0) or temperature / nucleus sampling of the next token from logits [B, vocab]."""
 
-    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None):
+    def __init__(self, temperature: float, top_p: float, generator: torch.Generator | None = None):
         self.temperature, self.top_p, self.generator = temperature, top_p, generator
 
     def __call__(self, logits: Tensor) -> Tensor:
@@ -173,10 +176,13 @@ class DecodeBatch:
 
     # -- the loop ------------------------------------------------------------------------------
     def generate(self, first_hidden: Tensor, sampler: Sampler, eos_ids: Sequence[int], max_new_tokens: int,
-                 batch: int) -> list[list[int]]:
+                 batch: int, on_progress: Progress | None = None) -> list[list[int]]:
         """Up to ``max_new_tokens`` per sequence, each cut after its first stop token.
 
-        The loop never waits for the GPU, except to ask every few tokens whether all have stopped.
+        The loop never waits for the GPU, except to ask every few tokens whether all have stopped. With
+        ``on_progress`` that check runs every step and reads the tokens too (still one host read): the
+        callback gets each sequence's tokens so far (cut after a stop token) and returns the indices of
+        sequences to stop; a stopped sequence ends where it is. The loop ends once every one has ended.
         """
         eos = torch.tensor(list(eos_ids), device=self.device)
         token = sampler(self.llm.logits(first_hidden))
@@ -186,17 +192,38 @@ class DecodeBatch:
         out[:, 0] = token
         done = torch.isin(token, eos)
         produced = 1
+        stops = set(eos_ids)
+        stopped: dict[int, int] = {}  # sequence -> its length when it was stopped
+        check_every = STOP_CHECK_EVERY if on_progress is None else 1
         for step in range(1, max_new_tokens):
-            if step % STOP_CHECK_EVERY == 0 and bool(done.all()):
-                break
+            if step % check_every == 0:
+                if on_progress is None:
+                    if bool(done.all()):
+                        break
+                elif self._report(out, done, step, batch, stops, stopped, on_progress):
+                    break
             self.tokens[: self.active, 0] = token
             token = sampler(self.step())
             out[:, step] = token
             done |= torch.isin(token, eos)
             produced = step + 1
-        result = []
-        stops = set(eos_ids)
-        for seq in out[:batch, :produced].tolist():
-            cut = next((i + 1 for i, t in enumerate(seq) if t in stops), len(seq))
-            result.append(seq[:cut])
-        return result
+        return [_cut(seq, stops, stopped.get(i)) for i, seq in enumerate(out[:batch, :produced].tolist())]
+
+    @staticmethod
+    def _report(out: Tensor, done: Tensor, produced: int, batch: int, stops: set[int], stopped: dict[int, int],
+                on_progress: Progress) -> bool:
+        """Hand the tokens so far to ``on_progress`` and record the sequences it stops; True when all ended."""
+        rows = torch.cat([done[:batch, None].long(), out[:batch, :produced]], dim=1).tolist()  # the one host read
+        tokens = [_cut(row[1:], stops, stopped.get(i)) for i, row in enumerate(rows)]
+        for i in on_progress(tokens) or ():
+            if 0 <= i < batch:
+                stopped.setdefault(i, len(tokens[i]))
+        return all(row[0] or i in stopped for i, row in enumerate(rows))
+
+
+
+def _cut(seq: list[int], stops: set[int], length: int | None = None) -> list[int]:
+    """``seq`` up to and including its first stop token, and at most ``length`` long."""
+    seq = seq if length is None else seq[:length]
+    end = next((i + 1 for i, t in enumerate(seq) if t in stops), len(seq))
+    return seq[:end]

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from prune2drive_ros.settings import WEIGHT_CHOICES
+
 log = logging.getLogger(__name__)
 
-WEIGHT_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8", "int4", "fp8")
 FLOAT_WEIGHTS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 QUANTIZED_WEIGHTS = ("int8", "int4", "fp8")
 INT4_GROUPS = (128, 64, 32)  # the largest that divides a layer's input width is used

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -27,8 +27,9 @@ from prune2drive_ros.cameras import NUM_CAMERAS
 from prune2drive_ros.pruning import get_pruner, layer_flops, view_budgets
 from prune2drive_ros.vlm.backends import make_vision_backend
 from prune2drive_ros.vlm.config import DEFAULT_MAX_QUESTION_TOKENS, RunnerConfig
-from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, Sampler, bucket, question_capacity
+from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, Progress, Sampler, bucket, question_capacity
 from prune2drive_ros.vlm.graphs import GraphSet
+from prune2drive_ros.vlm.info import RunnerInfo
 from prune2drive_ros.vlm.loading import load_checkpoint, resolve_device, resolve_dtype
 from prune2drive_ros.vlm.plan import PrunePlan
 from prune2drive_ros.vlm.prefill import StaticPrefill
@@ -40,6 +41,21 @@ from prune2drive_ros.vlm.vision import VisionEncoder
 from prune2drive_ros.vlm.weights_cache import load_or_quantize
 
 STAGES = ("preprocess", "vision", "prune", "prefill", "decode")
+
+OnProgress = Callable[[Mapping[int, list[int]]], Iterable[int] | None]
+"""``VLMRunner.answer``'s ``on_progress({question index: tokens so far}) -> question indices to stop``."""
+
+
+def _shifted(on_progress: OnProgress | None, start: int) -> Progress | None:
+    """The decode loop's callback (rows of one batch) for questions ``start``, ``start + 1``, ... of the call."""
+    if on_progress is None:
+        return None
+
+    def report(tokens: list[list[int]]) -> list[int]:
+        stop = on_progress({start + row: seq for row, seq in enumerate(tokens)}) or ()
+        return [i - start for i in stop if start <= i < start + len(tokens)]
+
+    return report
 
 
 @dataclass
@@ -108,8 +124,8 @@ class VLMRunner:
         self.dtype = next(model.parameters()).dtype
         self.llm = PrunedLanguageModel(model)
         self.weights_source = self._quantize(model_dir)
-        if not 0 <= config.prune_layer < self.llm.num_layers:
-            raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.prune_layer}")
+        if not 0 <= config.layer < self.llm.num_layers:
+            raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.layer}")
         self.pruner = get_pruner(config.pruning)
         self.max_new_tokens = config.max_new_tokens
         self.max_question_tokens = config.max_question_tokens or DEFAULT_MAX_QUESTION_TOKENS
@@ -127,6 +143,8 @@ class VLMRunner:
         self._prefix: Prefix | None = None
         self._decode: DecodeBatch | None = None
         self.warmup_ms = 0.0
+        self.paths: dict[str, str] = {}
+        """Per-stage paths of the last answer (``RunnerInfo.paths``)."""
         self.set_budgets(retain=config.retain, view_ratios=config.view_ratios, warm_up=False)
 
     # -- construction --------------------------------------------------------------------------
@@ -146,6 +164,9 @@ class VLMRunner:
         """Load ``config.model`` and build the runner; on a GPU, capture its graphs before returning."""
         device = resolve_device(config.device)
         float_weights = config.weights if config.weights in FLOAT_WEIGHTS else None
+        if float_weights and config.dtype not in (None, "", "auto") and \
+                resolve_dtype(config.dtype, device) != FLOAT_WEIGHTS[float_weights]:
+            raise ValueError(f"weights={config.weights} and dtype={config.dtype} disagree; set one of them")
         dtype = resolve_dtype(config.dtype if config.dtype not in (None, "", "auto") else float_weights, device)
         check_weights(config.weights, device, dtype)  # before minutes of loading
         loaded = load_checkpoint(config.model, device, dtype)
@@ -194,10 +215,11 @@ class VLMRunner:
     def set_pruning(self, method: str) -> None:
         """Switch the pruning method on the same weights and budgets (benchmarks compare methods so)."""
         self.pruner = get_pruner(method)
+        self.config = self.config.replace(pruning=method)  # a -1 prune_layer follows the method
         self._replan(warm_up=True)
 
     def _replan(self, warm_up: bool) -> None:
-        self.plan = PrunePlan.describe(self.pruner, self.budgets, self.config.prune_layer, self.llm.num_layers,
+        self.plan = PrunePlan.describe(self.pruner, self.budgets, self.config.layer, self.llm.num_layers,
                                        self.tokens_per_view)
         self._static = StaticPrefill(self.llm, self.layout, self.plan, self.pruner, self.graphs) \
             if self.plan.static else None
@@ -237,6 +259,14 @@ class VLMRunner:
     def vision_backend_name(self) -> str:
         return self.vision.name
 
+    def info(self) -> RunnerInfo:
+        """What this runner is: device, dtype, vision backend and why, pruning, paths, warm-up time."""
+        return RunnerInfo(
+            model=self.config.model, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
+            vision_backend=self.vision.name, vision_reason=self.vision.reason, pruning=self.config.pruning,
+            prune_layer=self.config.layer, budgets=tuple(self.budgets), tokens_per_view=self.tokens_per_view,
+            max_new_tokens=self.max_new_tokens, warmup_ms=self.warmup_ms, paths=dict(self.paths))
+
     @property
     def prefix(self) -> Prefix | None:
         """The prefilled visual prefix of the last frame set (None before the first answer)."""
@@ -270,8 +300,13 @@ class VLMRunner:
 
     # -- the main entry point ------------------------------------------------------------------
     @torch.inference_mode()
-    def answer(self, images: Sequence[np.ndarray], questions, *, frame_key: Hashable | None = None) -> list[Answer]:
-        """Answer ``questions`` about one synchronized set of six RGB views (camera order)."""
+    def answer(self, images: Sequence[np.ndarray], questions, *, frame_key: Hashable | None = None,
+               on_progress: OnProgress | None = None) -> list[Answer]:
+        """Answer ``questions`` about one synchronized set of six RGB views (camera order).
+
+        ``on_progress({question index: tokens so far})``, called at every decode step of a batch, returns
+        the indices of questions to stop (or None): their answers end with the tokens they have.
+        """
         validate_images(images, self.max_image_side)
         suffixes = self._question_ids(questions)
         timer = StageTimer(self.device)
@@ -294,15 +329,15 @@ class VLMRunner:
             results, paths = [], set()
             for start in range(0, len(suffixes), BATCH_BUCKETS[-1]):
                 chunk = suffixes[start : start + BATCH_BUCKETS[-1]]
-                results += self._answer_on_prefix(prefix, chunk, timer)
+                results += self._answer_on_prefix(prefix, chunk, timer, _shifted(on_progress, start))
                 paths.add(self._path())
             prefills = [prefix] * len(suffixes)
             shared = [reused or i > 0 for i in range(len(suffixes))]
             path = " + ".join(sorted(paths))
         else:
             results, prefills = [], []
-            for ids in suffixes:
-                result, prefill = self._answer_alone(embeds, ids, timer)
+            for i, ids in enumerate(suffixes):
+                result, prefill = self._answer_alone(embeds, ids, timer, _shifted(on_progress, i))
                 results.append(result)
                 prefills.append(prefill)
             shared = [False] * len(suffixes)
@@ -335,7 +370,8 @@ class VLMRunner:
             self._decode = batch
         return batch
 
-    def _answer_on_prefix(self, prefix: Prefix, suffixes: list[list[int]], timer: StageTimer) -> list[list[int]]:
+    def _answer_on_prefix(self, prefix: Prefix, suffixes: list[list[int]], timer: StageTimer,
+                          on_progress: Progress | None = None) -> list[list[int]]:
         """Prefill the questions on the shared prefix at once, then decode them as one batch."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with timer.stage("prefill"):
@@ -343,7 +379,8 @@ class VLMRunner:
             last = batch.start(prefix, suffixes, pad)
         with timer.stage("decode"):
             batch.capture(self.graphs, batch.active)
-            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, len(suffixes))
+            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, len(suffixes),
+                                    on_progress)
         self._last_batch = batch
         return tokens
 
@@ -358,7 +395,8 @@ class VLMRunner:
         failures = "; ".join(f"{k}: {v}" for k, v in self._static.failures.items())
         return ", ".join(parts) + (f" (capture failed: {failures})" if failures else "")
 
-    def _answer_alone(self, prefix_embeds: torch.Tensor, suffix: list[int], timer: StageTimer):
+    def _answer_alone(self, prefix_embeds: torch.Tensor, suffix: list[int], timer: StageTimer,
+                      on_progress: Progress | None = None):
         """Question-dependent pruning: the whole prompt is prefilled (and pruned) for this question."""
         ids = torch.tensor(suffix, device=self.device)
         embeds = torch.cat([prefix_embeds, self.llm.embed_tokens(ids[None])], dim=1)
@@ -371,8 +409,12 @@ class VLMRunner:
         with timer.stage("decode"):
             batch = self._decode_batch(prefill, 0, 1, True)
             last = batch.start_after_prompt(prefill)
-            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, 1)[0]
+            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, 1, on_progress)[0]
         return tokens, prefill
+
+    def text(self, tokens: Sequence[int]) -> str:
+        """The answer text of generated token ids (stop tokens and special tokens left out)."""
+        return self._text(list(tokens))
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode([t for t in tokens if t not in self.eos_token_ids], skip_special_tokens=True).strip()
