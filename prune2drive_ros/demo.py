@@ -219,11 +219,14 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
+    from rclpy.signals import SignalHandlerOptions
 
     from prune2drive_ros.data.player import BagPlayer
-    from prune2drive_ros.ros.node import DriveVqaNode
+    from prune2drive_ros.ros.node import SHUTDOWN_TIMEOUT_S, DriveVqaNode
 
-    rclpy.init(args=[])
+    # Ctrl-C stays a KeyboardInterrupt (rclpy's handler would only shut the context down).
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
     overrides = [Parameter("model", value=model)]
     overrides += [Parameter(settings.BY_NAME[name].param_name, value=value)
                   for name, value in settings.from_args(args, DEMO_SETTINGS).items()]
@@ -231,10 +234,10 @@ def run(args: argparse.Namespace) -> int:
         Parameter("publish_kept_tokens", value=True),
         Parameter("qos_reliability", value="reliable"),  # a demo should not lose frames to best effort
     ]
-    node = DriveVqaNode(parameter_overrides=overrides)
-    listener_node = rclpy.create_node("prune2drive_demo")
+    node = DriveVqaNode(parameter_overrides=overrides, context=context)
+    listener_node = rclpy.create_node("prune2drive_demo", context=context)
     listener = _Listener(listener_node)
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(node)
     executor.add_node(listener_node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -243,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         print("loading the model (configure) ...", flush=True)
         node.autostart()
-        if node._runner is None:
+        if node.runner_info() is None:
             print("the node failed to configure; see the log above")
             return 1
         groups = _bag_questions(bag, args.questions)
@@ -256,14 +259,14 @@ def run(args: argparse.Namespace) -> int:
         asked = _ask(node, listener, listener_node, groups, deadline=time.monotonic() + (args.seconds or 600.0))
         stop.set()
         replay.join(timeout=10.0)
-    except KeyboardInterrupt:
-        stop.set()
     finally:
-        node.release()
-        executor.shutdown()
+        stop.set()
+        node.release(SHUTDOWN_TIMEOUT_S, reason="shutdown")
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         listener_node.destroy_node()
-        rclpy.try_shutdown()
+        context.try_shutdown()
+        context.destroy()
     print(summary(listener.records))
     if listener.mosaic is not None:
         import cv2

@@ -11,11 +11,12 @@ import yaml
 
 rclpy = pytest.importorskip("rclpy")
 
-from conftest import REPO
+from conftest import REPO, shutdown_context
 from rcl_interfaces.msg import ParameterType
 
-from prune2drive_ros.ros.node import DYNAMIC_PARAMETERS, DriveVqaNode, check_parameter
-from prune2drive_ros.ros.parameters import PARAMETERS
+from prune2drive_ros.ros.node import DriveVqaNode
+from prune2drive_ros.settings import DYNAMIC_PARAMETERS, NODE_PARAMETERS
+from prune2drive_ros.settings import check as check_parameter
 
 pytestmark = pytest.mark.ros
 
@@ -85,10 +86,10 @@ def declared():
     rclpy.init(context=ctx)
     node = DriveVqaNode("drive_vqa_params", context=ctx)
     try:
-        yield {name: (node._param(name), node.describe_parameter(name)) for name in node.parameter_names}
+        yield {name: (node.parameters.value(name), node.describe_parameter(name)) for name in node.parameters.names}
     finally:
         node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        shutdown_context(ctx)
 
 
 def test_the_issue_table_is_declared(declared) -> None:
@@ -116,8 +117,8 @@ def test_yaml_values_match_the_node_defaults_and_are_valid(declared) -> None:
 def test_the_launch_file_has_one_argument_per_parameter(declared) -> None:
     arguments = launch_arguments()
     assert set(arguments) == set(declared) | {"params_file", "node_name"}
-    for spec in PARAMETERS:
-        assert arguments[spec.name].startswith(spec.description), spec.name
+    for spec in NODE_PARAMETERS:
+        assert arguments[spec.param_name].startswith(spec.description), spec.param_name
 
 
 def test_descriptors_ranges_and_read_only(declared) -> None:
@@ -138,11 +139,11 @@ def test_rcl_reads_the_parameter_file() -> None:
     node = DriveVqaNode("drive_vqa_file", context=ctx)
     try:
         for name, value in yaml_params().items():
-            assert node._param(name) == value, name
-        assert node._param("view_ratios") is None and node._param("questions") is None
+            assert node.parameters.value(name) == value, name
+        assert node.parameters.value("view_ratios") is None and node.parameters.value("questions") is None
     finally:
         node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        shutdown_context(ctx)
 
 
 @pytest.mark.parametrize(("name", "value", "fragment"), [
@@ -186,7 +187,7 @@ def node_with(args: list[str], name: str, *, post_set: bool = True, monkeypatch=
 
 def close(node, ctx) -> None:
     node.destroy_node()
-    rclpy.try_shutdown(context=ctx)
+    shutdown_context(ctx)
 
 
 @pytest.mark.parametrize(("arg", "expected"), [
@@ -200,7 +201,7 @@ def test_an_integer_for_a_double_is_taken(arg: str, expected) -> None:
     node, ctx = node_with(["-p", arg], "drive_vqa_int")
     try:
         name = arg.split(":=")[0]
-        assert node._param(name) == expected and type(node._param(name)) is type(expected)
+        assert node.parameters.value(name) == expected and type(node.parameters.value(name)) is type(expected)
         assert not node.startup_errors
     finally:
         close(node, ctx)
@@ -240,7 +241,7 @@ def test_a_fixed_run_time_parameter_clears_its_start_up_error() -> None:
     try:
         assert "retain" in node.startup_errors
         assert node.set_parameters([Parameter("retain", value=0.3)])[0].successful
-        assert "retain" not in node.startup_errors and node._param("retain") == 0.3
+        assert "retain" not in node.startup_errors and node.parameters.value("retain") == 0.3
     finally:
         close(node, ctx)
 
@@ -252,7 +253,7 @@ def test_run_time_integer_for_a_double(monkeypatch) -> None:
     try:
         result = node.set_parameters([Parameter("retain", value=1)])[0]
         if hasattr(node, "add_pre_set_parameters_callback"):  # Iron and newer
-            assert result.successful and node._param("retain") == 1.0
+            assert result.successful and node.parameters.value("retain") == 1.0
         else:
             assert not result.successful
     finally:
@@ -262,6 +263,8 @@ def test_run_time_integer_for_a_double(monkeypatch) -> None:
 def test_without_a_post_set_callback_changes_still_apply(monkeypatch) -> None:
     """Humble's rclpy has no add_post_set_parameters_callback (nor pre-set); the node applies the
     validated values from its on-set callback instead."""
+    from types import SimpleNamespace
+
     from rclpy.node import Node
     from rclpy.parameter import Parameter
 
@@ -269,24 +272,16 @@ def test_without_a_post_set_callback_changes_still_apply(monkeypatch) -> None:
     monkeypatch.delattr(Node, "add_pre_set_parameters_callback", raising=False)
     node, ctx = node_with([], "drive_vqa_humble")
     applied = []
-
-    class Worker:
-        def set_budgets(self, retain, view_ratios):
-            applied.append((retain, view_ratios))
-
-        def set_standing(self, questions):
-            applied.append(list(questions))
-
     try:
-        assert node._apply_on_set
-        node._worker = Worker()
+        assert node.parameters.apply_on_set
+        node.service = SimpleNamespace(update=applied.append)  # what the configured node hands changes to
         assert node.set_parameters([Parameter("retain", value=0.3)])[0].successful
         assert node.set_parameters([Parameter("view_ratios", value=[0.5] * 6)])[0].successful
         assert node.set_parameters([Parameter("questions", value=["Ahead?"])])[0].successful
         assert not node.set_parameters([Parameter("retain", value=3.0)])[0].successful
-        assert applied == [(0.3, None), (0.3, [0.5] * 6), ["Ahead?"]]
+        assert applied == [{"retain": 0.3}, {"view_ratios": [0.5] * 6}, {"questions": ["Ahead?"]}]
     finally:
-        node._worker = None
+        node.service = None
         close(node, ctx)
 
 
@@ -311,7 +306,7 @@ def test_fake_cameras_without_timer_autostart(monkeypatch) -> None:
         assert not rig._timer.is_canceled()
     finally:
         rig.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        shutdown_context(ctx)
 
 
 def test_integers_for_doubles_through_the_launch_file_configure(tiny_model) -> None:
@@ -326,9 +321,9 @@ def test_integers_for_doubles_through_the_launch_file_configure(tiny_model) -> N
                           "drive_vqa_launch_ints")
     try:
         assert not node.startup_errors, node.startup_errors
-        assert node._param("retain") == 1.0 and node._param("sync_slop_s") == 1.0
-        assert node._param("camera_timeout_s") == 2.0 and node._param("question_period_s") == 0.0
-        assert node._param("view_ratios") == [1.0] * 6 and node._param("autostart") is False
+        assert node.parameters.value("retain") == 1.0 and node.parameters.value("sync_slop_s") == 1.0
+        assert node.parameters.value("camera_timeout_s") == 2.0 and node.parameters.value("question_period_s") == 0.0
+        assert node.parameters.value("view_ratios") == [1.0] * 6 and node.parameters.value("autostart") is False
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     finally:
         node.release()

@@ -19,7 +19,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from conftest import REPO, wait_for
+from conftest import REPO, shutdown_context, wait_for
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.srv import GetState
 from rclpy.executors import SingleThreadedExecutor
@@ -136,7 +136,7 @@ class Outside:
         for node in (self.node, self.rig):
             if node is not None:
                 node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
+        shutdown_context(self.context)
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ def test_node_process_autostarts_answers_and_exits_on_sigint(tiny_model, outside
         code = node.stop()
     assert_clean_exit(node, code)
     log = node.text()
-    assert "configured: device=cpu vision_backend=torch" in log and "active:" in log
+    assert "configured: device=cpu dtype=float32 vision_backend=torch" in log and "active:" in log
     assert "SIGINT: shutting down" in log
     assert "Loading weights" not in log  # no progress bars in a node log
 
