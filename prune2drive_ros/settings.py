@@ -44,6 +44,8 @@ VISION_BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 along tensorrt -> onnxruntime -> torch."""
 FALLBACK_CHAIN = VISION_BACKENDS[1:]
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+WEIGHT_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8", "int4", "fp8")
+"""Language-model weights: ``auto`` keeps the model dtype; int8 / int4 / fp8 are weight-only (vlm/quantize.py)."""
 CUDA_GRAPH_MODES = ("auto", "on", "off")
 TRANSPORTS = ("compressed", "raw")
 RELIABILITIES = ("best_effort", "reliable")
@@ -176,6 +178,9 @@ SETTINGS: tuple[Setting, ...] = (
             runner=True, node=True, cli=True),
     Setting("dtype", STRING, "auto", "model dtype; auto = bf16 (fp16 without bf16) on CUDA, fp32 on CPU",
             choices=DTYPES, runner=True, node=True, cli=True),
+    Setting("weights", STRING, "auto", "language-model weights: auto = the model dtype; int8 | int4 | fp8 are "
+            "weight-only quantized at start (cached in engine_dir), the vision tower stays in the model dtype",
+            choices=WEIGHT_CHOICES, runner=True, node=True, cli=True),
     Setting("max_new_tokens", INTEGER, 64, "answer length cap in tokens", low=1, high=4096,
             runner=True, node=True, cli=True),
     Setting("temperature", DOUBLE, 0.0, "sampling temperature; 0 = greedy", low=0.0, high=100.0, runner=True),

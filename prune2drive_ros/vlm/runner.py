@@ -36,7 +36,9 @@ from prune2drive_ros.vlm.prefill import StaticPrefill
 from prune2drive_ros.vlm.preprocess import DEFAULT_MAX_IMAGE_SIDE, ImageSpec, preprocess, validate_images
 from prune2drive_ros.vlm.prompt import IMAGE_PLACEHOLDER, split_prompt
 from prune2drive_ros.vlm.pruned_llm import Prefix, PrunedLanguageModel, VisualLayout
+from prune2drive_ros.vlm.quantize import FLOAT_WEIGHTS, QUANTIZED_WEIGHTS, check_weights
 from prune2drive_ros.vlm.vision import VisionEncoder
+from prune2drive_ros.vlm.weights_cache import load_or_quantize
 
 STAGES = ("preprocess", "vision", "prune", "prefill", "decode")
 
@@ -117,8 +119,11 @@ class VLMRunner:
         self.image_spec = image_spec
         self.eos_token_ids = list(eos_token_ids)
         self.device = next(model.parameters()).device
+        if config.weights in FLOAT_WEIGHTS:
+            model.to(FLOAT_WEIGHTS[config.weights])
         self.dtype = next(model.parameters()).dtype
         self.llm = PrunedLanguageModel(model)
+        self.weights_source = self._quantize(model_dir)
         if not 0 <= config.layer < self.llm.num_layers:
             raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.layer}")
         self.pruner = get_pruner(config.pruning)
@@ -143,11 +148,27 @@ class VLMRunner:
         self.set_budgets(retain=config.retain, view_ratios=config.view_ratios, warm_up=False)
 
     # -- construction --------------------------------------------------------------------------
+    def _quantize(self, model_dir) -> str:
+        """Quantize the language model's weights as ``config.weights`` says (after the model is laid out
+        as the runtime calls it); returns where they came from."""
+        weights = self.config.weights
+        check_weights(weights, self.device, self.dtype)
+        if weights not in QUANTIZED_WEIGHTS:
+            return "checkpoint"
+        source = load_or_quantize(self.model, weights, model_dir, self.config.engine_dir)
+        self.llm.lm_head = self.model.lm_head  # the CPU layers replace the module itself
+        return source
+
     @classmethod
     def from_config(cls, config: RunnerConfig, *, warm_up: bool = True) -> VLMRunner:
         """Load ``config.model`` and build the runner; on a GPU, capture its graphs before returning."""
         device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
+        float_weights = config.weights if config.weights in FLOAT_WEIGHTS else None
+        if float_weights and config.dtype not in (None, "", "auto") and \
+                resolve_dtype(config.dtype, device) != FLOAT_WEIGHTS[float_weights]:
+            raise ValueError(f"weights={config.weights} and dtype={config.dtype} disagree; set one of them")
+        dtype = resolve_dtype(config.dtype if config.dtype not in (None, "", "auto") else float_weights, device)
+        check_weights(config.weights, device, dtype)  # before minutes of loading
         loaded = load_checkpoint(config.model, device, dtype)
         spec = ImageSpec.from_checkpoint(loaded.folder, loaded.model.config.vision_config.image_size)
         if loaded.aspect_ratio is not None:
