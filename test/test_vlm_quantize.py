@@ -137,6 +137,15 @@ def test_cache_miss_then_hit_then_corrupt_file_rebuilt_with_one_log_line(tiny_mo
     assert len(list(cache.glob("llm-int*.safetensors"))) == 2
 
 
+def test_an_unset_engine_dir_caches_in_the_user_cache_folder(tiny_model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    runner = VLMRunner.from_pretrained(tiny_model, weights="int8", max_new_tokens=2)  # engine_dir: the default ""
+    assert runner.weights_source == "quantized (cached)"
+    assert list((tmp_path / "xdg" / "prune2drive" / "engines").glob("llm-int8-*.safetensors"))
+    assert not list(tmp_path.glob("llm-*")) and not (tmp_path / "checkpoint-digests.json").exists()
+
+
 def test_cache_is_keyed_by_checkpoint_content(tiny_model, tmp_path) -> None:
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)

@@ -108,7 +108,7 @@ def load_or_quantize(model: nn.Module, weights: str, model_dir: Path | None, cac
     from safetensors.torch import load as load_safetensors
     from safetensors.torch import save as save_safetensors
 
-    cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir()  # "": the setting's default
     key = cache_key(model, weights, chosen, checkpoint_digest(Path(model_dir), cache_dir))
     artifact = cache_dir / f"llm-{weights}-{key.digest[:20]}.safetensors"
     with cache.build_lock(artifact):
