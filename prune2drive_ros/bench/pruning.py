@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -21,6 +20,7 @@ from .. import settings
 from ..pruning import cosine_distances, get_pruner, reference_tfps_loop, view_budgets
 from ..pruning.fps import ascending_prefixes, max_min_order, max_min_select, published_loop
 from ..settings import PATCHES_PER_VIEW, PRUNING_METHODS
+from .runtime import times_ms
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 METHODS = PRUNING_METHODS
@@ -55,23 +55,13 @@ def _compiled_tfps(device: torch.device) -> Callable:
 
 
 def _time_round_robin(calls: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median milliseconds per call, the methods interleaved so machine noise hits them alike."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
+    """Median milliseconds per call (CUDA events on a GPU), the methods interleaved so machine noise hits them alike."""
     for call in calls.values():  # warm-up: allocator, kernels, torch.compile
         call()
-    sync()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            sync()
-            start = time.perf_counter()
-            call()
-            sync()
-            samples[name].append((time.perf_counter() - start) * 1e3)
+            samples[name] += times_ms(lambda _, c=call: c(), 1, device, warmup=0)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
