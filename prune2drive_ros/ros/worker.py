@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from prune2drive_ros import settings
 from prune2drive_ros.ros.image_codec import ImageDecodeError
 from prune2drive_ros.ros.synchronizer import SyncedSet
 
@@ -86,7 +87,7 @@ class InferenceWorker:
         max_batch: int = 8,
         max_set_age_s: float = 1.0,
         question_timeout_s: float = 30.0,
-        max_answer_age_s: float = 0.0,
+        max_answer_age_s: float = settings.default("max_answer_age_s"),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``on_drop(reason, message)`` counts every drop; ``on_question_dropped(question, reason, message,
