@@ -13,6 +13,7 @@ from typing import Any
 DEFAULT_MAX_QUESTION_TOKENS = 512
 DEFAULT_MAX_NEW_TOKENS = 64
 CUDA_GRAPH_MODES = ("auto", "on", "off")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class RunnerConfig:
     """None: the preprocessing module's bound."""
     cuda_graphs: str = "auto"
     """auto: capture on CUDA, eager elsewhere; off: always eager; on: like auto, but a failed capture raises."""
+    compile: str = "auto"
+    """torch.compile (inductor) of the layer functions before capture. auto: on CUDA where Triton is installed,
+    falling back to uncompiled layers if compiling fails; on: everywhere (CPU: inductor's C++ backend), a
+    failure raises; off: never."""
 
     def __post_init__(self) -> None:
         if self.view_ratios is not None and not isinstance(self.view_ratios, tuple):
@@ -55,6 +60,8 @@ class RunnerConfig:
             raise ValueError(f"prune_layer must be >= 0, got {self.prune_layer}")
         if self.cuda_graphs not in CUDA_GRAPH_MODES:
             raise ValueError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {self.cuda_graphs!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
 
