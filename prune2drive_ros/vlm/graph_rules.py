@@ -12,11 +12,13 @@ so the CPU tests use:
 - ``RecordedCall``: stands in for ``graphs.CapturedCall`` off CUDA. It runs the function once under
   the guard, recording its aten operations, and replays them on the recorded tensors. Python is not
   re-run on replay, exactly as on a GPU, so the parity tests see any value frozen at capture time.
-- ``OpCounter``: the kernels (aten operations that are not views) a function launches, by name.
+- ``OpCounter``: the kernels (aten operations that are not views) a function launches, by name;
+  ``inductor_launches`` the same for a compiled function, read from the code inductor emitted.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -163,3 +165,19 @@ class RecordedCall:
     def count_ops(self) -> Counter[str]:
         """The operations one replay launches, by name."""
         return Counter(str(func.overloadpacket.__name__) for func, *_ in self.ops)
+
+
+_LAUNCH = re.compile(r"^\s+(?:\w+ = )?(?:(cpp_fused_\w+)\(|(\w+)\.run\(|extern_kernels\.(\w+)\(|"
+                     r"torch\.ops\.(\w+\.\w+)[\w.]*\()", re.MULTILINE)
+
+
+def inductor_launches(code: str) -> Counter[str]:
+    """Kernels one call of inductor's output ``code`` launches: fused C++ or Triton kernels and the library
+    calls it keeps (GEMMs, attention), by name (from ``torch._inductor.utils.run_and_get_code``)."""
+    body = code[code.index("def call(") :]
+    body = body[: body.find("\ndef ", 1)] if "\ndef " in body[1:] else body
+    counts: Counter[str] = Counter()
+    for match in _LAUNCH.finditer(body):
+        fused, triton, extern, op = match.groups()
+        counts["fused" if fused or triton else (extern or op)] += 1
+    return counts

@@ -145,7 +145,9 @@ class Compiler:
         def run(*args):
             if name not in self.failures:
                 try:
-                    return compiled(*args)
+                    # Sizes are ints of the layer shape: constants, not symbols (only tensor dims are dynamic).
+                    with torch._dynamo.config.patch(specialize_int=True):
+                        return compiled(*args)
                 except Exception as exc:
                     message = describe_failure(exc)
                     if self.strict:

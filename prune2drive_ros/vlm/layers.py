@@ -45,18 +45,18 @@ class LayerWeights(NamedTuple):
 
 @dataclass(frozen=True)
 class LayerShape:
+    """The layer's sizes as plain fields: torch.compile keeps them constants (derived properties it would not)."""
+
     heads: int
     kv_heads: int
     head_dim: int
     eps: float
+    groups: int = 0  # query heads per KV head
+    scale: float = 0.0  # 1 / sqrt(head_dim)
 
-    @property
-    def groups(self) -> int:
-        return self.heads // self.kv_heads
-
-    @property
-    def scale(self) -> float:
-        return self.head_dim**-0.5
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "groups", self.heads // self.kv_heads)
+        object.__setattr__(self, "scale", self.head_dim**-0.5)
 
 
 def _fuse(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
