@@ -9,12 +9,14 @@ import shutil
 
 import pytest
 import torch
-from test_vlm_static import QUESTIONS, _images, cuda
+from test_vlm_static import QUESTIONS, _images
 from torch import nn
 
 from prune2drive_ros.vlm import RunnerConfig, VLMRunner
 from prune2drive_ros.vlm import quantize as Q
 from prune2drive_ros.vlm.weights_cache import checkpoint_digest
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _linear(n: int, k: int, bias: bool = True) -> nn.Linear:
@@ -75,8 +77,6 @@ def test_quantized_weights_answer_with_pruning_shared_prefix_and_batches(tiny_mo
 def test_quantized_test_bed_is_smaller_and_close_to_full_precision(repo, tmp_path) -> None:
     """On the trained test bed (a random model's wide weights amplify any error): next-token logits
     after a 40-token prompt stay close, the top token is the same, and the bytes shrink."""
-    from transformers import DynamicCache
-
     model = repo / "models" / "testbed"
     full = VLMRunner.from_pretrained(model, max_new_tokens=2)
     torch.manual_seed(0)
@@ -85,7 +85,8 @@ def test_quantized_test_bed_is_smaller_and_close_to_full_precision(repo, tmp_pat
 
     @torch.no_grad()
     def last_logits(runner) -> torch.Tensor:
-        return runner.llm.logits(runner.llm.run_layers(embeds, positions, DynamicCache())[:, -1])
+        hidden = runner.llm.run_prompt(embeds, positions, 0, runner.llm.num_layers, lambda *_: None)
+        return runner.llm.logits(hidden[:, -1])
 
     reference = last_logits(full)
     sizes = {}

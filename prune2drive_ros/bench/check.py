@@ -126,21 +126,27 @@ def copy_bandwidth_gbs(device: torch.device, mib: int = 1024, repeats: int = 10)
     return 2 * src.numel() / (ms / 1e3) / 1e9
 
 
-def tfps_ms(device: torch.device, dtype: torch.dtype, dim: int, repeats: int) -> tuple[float, str]:
-    """Median ms of T-FPS over six 729-token views at ``dim`` (captured as a CUDA graph when it can be)."""
-    from prune2drive_ros.pruning import get_pruner, view_budgets
+def tfps_ms(device: torch.device, dtype: torch.dtype, dim: int, repeats: int, precision: str) -> tuple[float, str, str]:
+    """Median ms of T-FPS over six 729-token views at ``dim``, the way the runtime runs it inside its
+    prefix graph (``farthest_point_sampling_static`` at the runner's distance precision), captured as
+    a CUDA graph of its own on a GPU. Returns the time, how it ran, and the problem if it could not be captured."""
+    from prune2drive_ros.pruning import view_budgets
+    from prune2drive_ros.pruning.fps import farthest_point_sampling_static
 
-    pruner = get_pruner("tfps")
     budgets = view_budgets(TFPS_TOKENS, retain=RETAIN, num_views=TFPS_VIEWS)
     features = torch.randn(TFPS_VIEWS, TFPS_TOKENS, dim, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-    call, how = (lambda _: pruner.select(features, budgets)), "eager"
+
+    def select() -> None:
+        farthest_point_sampling_static(features, budgets, precision)
+
+    call, how, problem = (lambda _: select()), f"{precision} distances, eager", ""
     if device.type == "cuda":
         try:
-            graph = _capture(lambda: pruner.select(features, budgets))
-            call, how = (lambda _: graph.replay()), "graph"
-        except Exception as exc:  # the eager time is still a measurement; the note says why
-            how = f"eager (capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
-    return statistics.median(times_ms(call, repeats, device, warmup=2)), how
+            graph = _capture(select)
+            call, how = (lambda _: graph.replay()), f"{precision} distances, graph"
+        except Exception as exc:  # the eager time is still a measurement; the problem says why it does not count
+            problem = f"not captured: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    return statistics.median(times_ms(call, repeats, device, warmup=2)), how, problem
 
 
 def _capture(fn) -> torch.cuda.CUDAGraph:
@@ -183,9 +189,6 @@ def measure(args: argparse.Namespace, log: RowLog) -> None:
     else:
         log.add(Row("device", "cpu", note=f"{torch.get_num_threads()} threads; absolute times mean little here"))
 
-    ms, how = tfps_ms(device, torch.bfloat16 if gpu else torch.float32, preset.tfps_dim, 5 * repeats if gpu else repeats)
-    log.add(Row("tfps_ms", ms, "ms", f"{TFPS_VIEWS} x {TFPS_TOKENS} x {preset.tfps_dim}, retain {RETAIN}, {how}"))
-
     model, tokenizer = drivemm_shaped_model(preset.hidden, preset.ffn, preset.layers, preset.heads, preset.kv_heads,
                                             device, dtype, preset.vision, args.vocab or preset.vocab,
                                             preset.vision_layers)
@@ -200,6 +203,9 @@ def measure(args: argparse.Namespace, log: RowLog) -> None:
                        cuda_graphs="on" if gpu else "auto")  # "on": a failed capture raises instead of running eager
     runner.warm_up()
     log.add(Row("configure_s", time.perf_counter() - t0, "s", "runner built and warmed up: every capture and compile"))
+    ms, how, problem = tfps_ms(device, dtype, preset.tfps_dim, 5 * repeats if gpu else repeats, runner.tfps_precision)
+    log.add(Row("tfps_ms", ms, "ms", f"{TFPS_VIEWS} x {TFPS_TOKENS} x {preset.tfps_dim}, retain {RETAIN}, {how}",
+                problem))
     log.add(Row("prompt_tokens", float(runner.layout.length), "tokens", "the visual prefix: six 729-token views + text"))
     frames = images(0, preset.frame)
 
