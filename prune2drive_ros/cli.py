@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +34,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT), as shells report it."""
+
 # Top-level module -> the setup.py extra that installs it, for a one-line hint when a command lacks it.
 EXTRA_OF_MODULE: dict[str, str] = {
     "rosbags": "nuscenes",
@@ -49,8 +54,8 @@ EXTRA_OF_MODULE: dict[str, str] = {
 def missing_dependency_message(command: str, exc: ModuleNotFoundError) -> str:
     missing = (exc.name or "").split(".")[0]
     extra = EXTRA_OF_MODULE.get(missing)
-    fix = (f"install the '{extra}' extra: pip install \".[{extra}]\" in the prune2drive_ros checkout" if extra
-           else f"pip install {missing}")
+    fix = (f"install the '{extra}' extra: pip install 'prune2drive_ros[{extra}]' (in a checkout: "
+           f"pip install '.[{extra}]')" if extra else f"pip install {missing}")
     return f"prune2drive {command}: the Python package {missing!r} is not installed; {fix}"
 
 
@@ -100,8 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = sub_parser.parse_args(rest)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        # The command's own clean-up (finally blocks, context managers) has run on the way here.
+        print(f"prune2drive {name}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] == "prune2drive_ros":
             raise  # a broken install, not a missing optional dependency
@@ -109,5 +115,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def console() -> None:
+    """The ``prune2drive`` console script: ``main``, then exit with its code.
+
+    After Ctrl-C the process ends at once (``os._exit``) instead of tearing the interpreter down: joining
+    worker threads and unloading torch can take seconds, and Ctrl-C must end a command within two.
+    """
+    # A command started in the background of a script inherits an ignored SIGINT; `kill -INT` and Ctrl-C
+    # must still stop it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    code = main()
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from prune2drive_ros import settings
 from prune2drive_ros.cameras import (
     ANSWER_INFO_TOPIC,
     CAMERA_NAMES,
@@ -28,11 +29,16 @@ from prune2drive_ros.cameras import (
 )
 from prune2drive_ros.discovery import localhost_discovery_env, ros_distro
 
-STAGES = ("sync_wait", "image_decode", "preprocess", "vision", "prune", "prefill", "decode", "total")
+STAGES = ("sync_wait", "image_decode", "preprocess", "vision", "prune", "prefill", "question", "decode",
+          "total")
 CHUNK = 8
 """Questions sent at once: the node's batch size, well inside its queue of live questions."""
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prune2drive"
 GROUP_TIMEOUT_S = 120.0
+RELEASE_TIMEOUT_S = 0.5
+DEMO_SETTINGS = ("pruning", "retain", "prune_layer", "vision_backend", "device", "dtype", "weights",
+                 "max_new_tokens")
+"""The node settings the demo takes as flags (their defaults: ``prune2drive_ros.settings``)."""
 
 
 TINY_BANNER = """\
@@ -180,14 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None,
                         help="give up after this many seconds of replay (default 600)")
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="bag, sample data and mosaic go here")
-    parser.add_argument("--pruning", default="tfps", help="pruning method: none, tfps, divprune, fastv, random, pool "
-                        "or mvpruner (default tfps)")
-    parser.add_argument("--retain", type=float, default=0.1,
-                        help="fraction of visual tokens kept per camera, in (0, 1] (default 0.1)")
-    parser.add_argument("--vision-backend", default="torch",
-                        help="vision encoder backend: tensorrt, onnxruntime or torch (default torch)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="answer length cap in tokens (default 24)")
+    settings.add_arguments(parser, DEMO_SETTINGS)
     parser.add_argument("--rate", type=float, default=1.0, help="replay speed")
     parser.add_argument("--keyframes", type=int, default=3, help="keyframes in the synthetic sample")
     parser.add_argument("--questions", type=int, default=16, help="DriveLM questions to ask (0 = all in the bag)")
@@ -222,25 +221,25 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
+    from rclpy.signals import SignalHandlerOptions
 
     from prune2drive_ros.data.player import BagPlayer
     from prune2drive_ros.ros.node import DriveVqaNode
 
-    rclpy.init(args=[])
-    overrides = [
-        Parameter("model", value=model),
-        Parameter("pruning_method", value=args.pruning),
-        Parameter("retain", value=float(args.retain)),
-        Parameter("vision_backend", value=args.vision_backend),
-        Parameter("device", value=args.device),
-        Parameter("max_new_tokens", value=int(args.max_new_tokens)),
+    # Ctrl-C stays a KeyboardInterrupt (rclpy's handler would only shut the context down).
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
+    overrides = [Parameter("model", value=model)]
+    overrides += [Parameter(settings.BY_NAME[name].param_name, value=value)
+                  for name, value in settings.from_args(args, DEMO_SETTINGS).items()]
+    overrides += [
         Parameter("publish_kept_tokens", value=True),
         Parameter("qos_reliability", value="reliable"),  # a demo should not lose frames to best effort
     ]
-    node = DriveVqaNode(parameter_overrides=overrides)
-    listener_node = rclpy.create_node("prune2drive_demo")
+    node = DriveVqaNode(parameter_overrides=overrides, context=context)
+    listener_node = rclpy.create_node("prune2drive_demo", context=context)
     listener = _Listener(listener_node)
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(node)
     executor.add_node(listener_node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -249,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         print("loading the model (configure) ...", flush=True)
         node.autostart()
-        if node._runner is None:
+        if node.runner_info() is None:
             print("the node failed to configure; see the log above")
             return 1
         groups = _bag_questions(bag, args.questions)
@@ -262,14 +261,15 @@ def run(args: argparse.Namespace) -> int:
         asked = _ask(node, listener, listener_node, groups, deadline=time.monotonic() + (args.seconds or 600.0))
         stop.set()
         replay.join(timeout=10.0)
-    except KeyboardInterrupt:
-        stop.set()
     finally:
-        node.release()
-        executor.shutdown()
+        stop.set()
+        # Done or interrupted, the demo ends now: an inference still in its prefill is left behind.
+        node.release(RELEASE_TIMEOUT_S, reason="shutdown")
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         listener_node.destroy_node()
-        rclpy.try_shutdown()
+        context.try_shutdown()
+        context.destroy()
     print(summary(listener.records))
     if listener.mosaic is not None:
         import cv2

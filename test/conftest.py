@@ -37,6 +37,17 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
     )
 
 
+def shutdown_context(context) -> None:
+    """Shut an rclpy context down and destroy it, which takes its DDS participant down now.
+
+    Left to the garbage collector (nodes sit in reference cycles through their callbacks and hold their
+    context), Fast DDS tore a participant down inside a later GC pass, while other contexts were busy
+    with DDS, and once spun there for good.
+    """
+    context.try_shutdown()
+    context.destroy()
+
+
 def wait_for(predicate, timeout: float, period: float = 0.05):
     """Poll ``predicate`` until it returns something truthy or ``timeout`` passes; returns its last value."""
     deadline = time.monotonic() + timeout

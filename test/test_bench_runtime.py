@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import run_cli
 
 SMALL = ["--hidden", "64", "--ffn", "128", "--layers", "2", "--repeats", "1", "--no-profile", "--device", "cpu"]
@@ -14,8 +15,11 @@ def test_bench_prefill_compares_generate_dense_and_pruned_and_reports_agreement(
     assert out.returncode == 0, out.stderr
     rows = {line[:24].strip(): line[24:].split() for line in out.stdout.splitlines()}  # name column: 24 wide
     assert {"transformers generate", "ours dense", "ours tfps 0.1"} <= set(rows)
-    ideal = float(rows["ours tfps 0.1"][5])
-    assert 1.0 < ideal < 10.0  # pruning 90% of the visual tokens after one of two layers
+    ttft, pre_vision, prefix, question, _, ideal = (float(x) for x in rows["ours tfps 0.1"][:6])
+    assert ttft == pytest.approx(pre_vision + prefix + question, abs=0.2)  # TTFT's parts, the question on its own
+    # One layer from K on over ~10% of the patches: attention's n^2 dominates a 64-wide model, so
+    # the ideal is far above the 10x of the linear layers alone.
+    assert ideal > 10.0
     # fp32 on a CPU: ours dense must produce exactly generate's greedy tokens.
     assert re.search(r"ours dense vs generate, greedy, torch.float32: 8/8 tokens equal \(all equal\)", out.stdout)
 

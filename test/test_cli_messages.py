@@ -81,8 +81,8 @@ def test_convert_nuscenes_without_its_extra_names_the_extra(hidden: str, tmp_pat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 1, out.stderr
     assert out.stderr.strip() == (f"error: prune2drive convert-nuscenes: the Python package {hidden!r} is not "
-                                  "installed; install the 'nuscenes' extra: pip install \".[nuscenes]\" in the "
-                                  "prune2drive_ros checkout")
+                                  "installed; install the 'nuscenes' extra: pip install 'prune2drive_ros[nuscenes]' "
+                                  "(in a checkout: pip install '.[nuscenes]')")
 
 
 def test_nuscenes_extra_installs_what_convert_nuscenes_needs(installed_package) -> None:
@@ -91,3 +91,14 @@ def test_nuscenes_extra_installs_what_convert_nuscenes_needs(installed_package) 
     names = {line.split()[1].split(">")[0].split("=")[0].split(";")[0] for line in requires
              if "extra == \"nuscenes\"" in line}
     assert {"rosbags", "nuscenes-devkit"} <= names, requires
+
+
+def test_play_without_its_extra_names_the_extra(tmp_path: Path) -> None:
+    (tmp_path / "bag").mkdir()
+    code = ("import sys; sys.modules['rosbags'] = None; from prune2drive_ros.cli import main; "
+            f"sys.exit(main(['play', {str(tmp_path / 'bag')!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().endswith("the Python package 'rosbags' is not installed; install the 'nuscenes' "
+                                       "extra: pip install 'prune2drive_ros[nuscenes]' (in a checkout: pip install "
+                                       "'.[nuscenes]')"), out.stderr

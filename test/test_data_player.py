@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, shutdown_context
 from rosbags.highlevel import AnyReader
 
 from prune2drive_ros.cameras import CAMERAS, QUESTION_TOPIC
@@ -74,7 +74,7 @@ class Listener:
         self._thread.join(timeout=5)
         self.executor.shutdown(timeout_sec=1)
         self.node.destroy_node()
-        self.context.try_shutdown()
+        shutdown_context(self.context)
 
 
 def _stamp_ns(msg) -> int:

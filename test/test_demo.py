@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import run_cli, wait_for
+from conftest import run_cli, shutdown_context, wait_for
 
 
 def test_demo_answers_bag_questions_and_summarises(tiny_model, tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_one_play_of_the_demo_bag_accounts_for_every_question(tiny_model, tmp_pa
         executor.shutdown(timeout_sec=1)
         node.destroy_node()
         listener.destroy_node()
-        rclpy.try_shutdown(context=context)
+        shutdown_context(context)
     assert Counter(r["question"] for r in records) == Counter(questions)
     assert all(r["source"] == "replay" for r in records)
     outcome = Counter(r["status"] if r["status"] == "answered" else r["reason"] for r in records)

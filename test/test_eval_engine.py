@@ -128,3 +128,33 @@ def test_progress_bar_counts_keyframes_in_plain_units(dataset, capsys):
     assert "3/3" in bar and "questions=" in bar and "/s" in bar
     assert "keyframe/s" in bar or "s/keyframe" in bar
     assert "kf/s" not in bar  # tqdm's "1.10kf/s" read as kilo-frames per second
+
+
+def test_the_engine_holds_no_command_line_code() -> None:
+    """eval/run.py (argparse) uses eval/engine.py, never the other way round; the study calls the engine."""
+    import ast
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys, prune2drive_ros.eval.engine; "
+            "bad = [m for m in ('prune2drive_ros.eval.run', 'prune2drive_ros.eval.options', 'prune2drive_ros.cli') "
+            "if m in sys.modules]; assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    for path in ("prune2drive_ros/eval/engine.py", "prune2drive_ros/training/study.py"):
+        tree = ast.parse((REPO / path).read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"prune2drive_ros.cli", "prune2drive_ros.eval.run"}, path
+    assert "import argparse" not in (REPO / "prune2drive_ros/eval/engine.py").read_text()
+
+
+def test_nothing_cites_a_file_the_repository_does_not_have() -> None:
+    from conftest import REPO
+
+    cited = [str(p.relative_to(REPO)) for folder in ("prune2drive_ros", "docs", "test", "scripts", "launch")
+             for p in (REPO / folder).rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".sh")
+             and "DESIGN" + ".md" in p.read_text(errors="replace")]
+    assert not cited and "DESIGN" + ".md" not in (REPO / "README.md").read_text(), cited

@@ -22,7 +22,7 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("launch_ros", reason="needs the ROS 2 command line (../shared/ros2-cli/install.sh VENV "
                                          "or a sourced ROS 2 install)")
 
-from conftest import wait_for
+from conftest import shutdown_context, wait_for
 from lifecycle_msgs.srv import GetState
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import GetParameters
@@ -106,4 +106,4 @@ def test_integer_values_for_double_parameters_through_the_launch_file(tiny_model
                 proc.wait(10)
         executor.shutdown(timeout_sec=5)
         probe.destroy_node()
-        rclpy.try_shutdown(context=context)
+        shutdown_context(context)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import shutdown_context, wait_for
 
 rclpy = pytest.importorskip("rclpy")
 
@@ -31,15 +31,17 @@ from std_msgs.msg import String
 
 from prune2drive_ros.cameras import (
     ANSWER_INFO_TOPIC,
+    ANSWER_STREAM_TOPIC,
     ANSWER_TOPIC,
+    CANCEL_TOPIC,
     DIAGNOSTICS_TOPIC,
     KEPT_TOKENS_TOPIC,
     QUESTION_TOPIC,
     default_topics,
 )
-from prune2drive_ros.ros.diagnostics import ANSWER_KEYS, TIMING_KEYS
 from prune2drive_ros.ros.fake_cameras import FakeCameraRig
 from prune2drive_ros.ros.node import DriveVqaNode
+from prune2drive_ros.ros.records import ANSWER_KEYS, TIMING_KEYS
 
 pytestmark = pytest.mark.ros
 
@@ -54,7 +56,7 @@ def context():
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     yield ctx
-    rclpy.try_shutdown(context=ctx)
+    shutdown_context(ctx)
 
 
 class Probe:
@@ -68,11 +70,14 @@ class Probe:
         self.mosaics: list[Image] = []
         self.infos: list[dict] = []
         self.dropped_statuses: list[dict[str, str]] = []
+        self.streams: list[dict] = []
         node.create_subscription(String, ANSWER_TOPIC, lambda m: self.answers.append(m.data), 50)
+        node.create_subscription(String, ANSWER_STREAM_TOPIC, lambda m: self.streams.append(json.loads(m.data)), 500)
         node.create_subscription(String, ANSWER_INFO_TOPIC, lambda m: self.infos.append(json.loads(m.data)), 200)
         node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._diagnostics, 50)
         node.create_subscription(Image, KEPT_TOKENS_TOPIC, self.mosaics.append, 5)
         self.question_pub = node.create_publisher(String, QUESTION_TOPIC, 10)
+        self.cancel_pub = node.create_publisher(String, CANCEL_TOPIC, 10)
 
     def _diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -143,7 +148,7 @@ class Stack:
     def close(self) -> None:
         self._stop.set()
         self.thread.join(timeout=30)
-        self.node._release_all()
+        self.node.release()
         self.executor.shutdown(timeout_sec=10)
         for node in (self.node, self.rig, self.probe.node):
             node.destroy_node()
@@ -169,7 +174,7 @@ def test_question_gets_an_answer_with_every_timing_key(stack: Stack) -> None:
     assert wait_for(lambda: stack.probe.answers, 5)
     assert set(ANSWER_KEYS) <= set(status), set(ANSWER_KEYS) - set(status)
     for key in TIMING_KEYS:
-        assert float(status[key]) >= 0.0, key
+        assert float(status[f"{key}_ms"]) >= 0.0, key
     assert float(status["total_ms"]) > 0 and float(status["sync_wait_ms"]) > 0
     assert status["question"] == "What are the important objects in the current scene?"
     assert status["vision_backend"] == "torch" and status["device"] == "cpu"
@@ -244,7 +249,9 @@ def test_corrupt_flood_is_counted_and_survived(stack: Stack) -> None:
 @with_stack(params={"image_transport": "raw", "camera_topics": default_topics("compressed")})
 def test_bad_raw_input_is_dropped_and_counted(stack: Stack) -> None:
     # The YAML's compressed default topics follow image_transport:=raw.
-    assert stack.node._camera_topics() == default_topics("raw")
+    subscribed = wait_for(lambda: {t for t, _ in stack.node.get_subscriber_names_and_types_by_node(
+        stack.name, "/")} >= set(default_topics("raw")), 10)
+    assert subscribed
     stack.ask_and_wait("Raw frames work?")
     pub = stack.probe.node.create_publisher(Image, default_topics("raw")[1],
                                             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
@@ -273,8 +280,10 @@ def test_bad_raw_input_is_dropped_and_counted(stack: Stack) -> None:
     stack.rig.zero_stamp = set()
     # Cameras of different sizes: the set is refused, the question waits for a good one.
     big = stack.rig._message(np.zeros((120, 200, 3), dtype=np.uint8))
+    sets = stack.node.health_counters()["sets_total"]
     stack.rig.overrides = {5: big}
-    time.sleep(0.6)  # until the newest synchronized set holds the odd frame
+    # Until the newest synchronized set holds the odd frame (two more sets certainly do).
+    assert wait_for(lambda: stack.node.health_counters()["sets_total"] >= sets + 2, 20)
     before = len(stack.probe.answer_statuses)
     stack.probe.ask("Mixed sizes?")
     stack.health_where(lambda level, msg, v: int(v["dropped.size_mismatch"]) >= 1)
@@ -374,26 +383,25 @@ def _lifecycle(stack: Stack):
 @with_stack(autostart=False)
 def test_every_lifecycle_transition(stack: Stack) -> None:
     transition, state = _lifecycle(stack)
-    assert state() == "unconfigured" and stack.node._runner is None
+    assert state() == "unconfigured" and stack.node.runner_info() is None
     assert transition(Transition.TRANSITION_CONFIGURE) and state() == "inactive"
-    assert stack.node._runner is not None
+    assert stack.node.runner_info().device == "cpu"
     assert transition(Transition.TRANSITION_ACTIVATE) and state() == "active"
     stack.ask_and_wait("Active?")
     assert transition(Transition.TRANSITION_DEACTIVATE) and state() == "inactive"
-    assert not stack.node._io_subscriptions and not stack.node._worker.running
-    before = len(stack.probe.answer_statuses)
-    stack.probe.ask("Anyone?")
-    time.sleep(1.5)
-    assert len(stack.probe.answer_statuses) == before  # inactive: nothing heard, nothing published
+    assert not stack.node.service.worker.running
+    assert wait_for(lambda: not stack.node.get_subscriber_names_and_types_by_node(stack.name, "/"), 10)
+    stack.probe.ask("Anyone?")  # inactive: nothing heard, nothing published
     assert transition(Transition.TRANSITION_ACTIVATE) and state() == "active"
     stack.ask_and_wait("Active again?")
+    assert "Anyone?" not in [r["question"] for r in stack.probe.infos]
     assert transition(Transition.TRANSITION_DEACTIVATE)
     assert transition(Transition.TRANSITION_CLEANUP) and state() == "unconfigured"
-    assert stack.node._runner is None and stack.node._answer_pub is None
+    assert stack.node.runner_info() is None and stack.node.service is None
     assert transition(Transition.TRANSITION_CONFIGURE) and state() == "inactive"
     assert transition(Transition.TRANSITION_ACTIVATE) and state() == "active"
     assert transition(Transition.TRANSITION_ACTIVE_SHUTDOWN) and state() == "finalized"
-    assert stack.node._runner is None
+    assert stack.node.runner_info() is None
 
 
 @with_stack(autostart=False, params={"model": "/nonexistent/model/folder"})
@@ -444,7 +452,7 @@ def _rclpy_major() -> int:
 
 
 @pytest.mark.skipif(_rclpy_major() < 9, reason="rclpy before Kilted gives no publisher GID with a message; "
-                    "the fallback rule is tested in test_question_source_without_publisher_gid")
+                    "the fallback rule is tested in test_ros_service.py::test_question_sources")
 def test_replayed_questions_never_starve_a_person(stack: Stack, context) -> None:
     stack.ask_and_wait("Warm up?")
     # A bag player (recognised by its node name) floods the topic, then a person asks.
@@ -497,19 +505,29 @@ def test_health_warns_when_cameras_stream_but_no_set_forms(stack: Stack) -> None
     assert values["sets_per_s"] == "0.00"
 
 
-def test_question_source_without_publisher_gid() -> None:
-    """Jazzy's and Humble's message info has no publisher GID: replayed only while players alone publish."""
-    from types import SimpleNamespace
+@with_stack(params={"max_new_tokens": 12, "stream_period_s": 0.0})
+def test_partial_answers_stream_in_order_and_end_with_the_answer(stack: Stack) -> None:
+    status = stack.ask_and_wait("What is ahead?")
+    qid = int(status["question_id"])
+    assert wait_for(lambda: any(r["id"] == qid and r["done"] for r in stack.probe.streams), 10)
+    stream = [r for r in stack.probe.streams if r["id"] == qid]
+    counts = [r["tokens"] for r in stream]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts) and counts[-1] == int(status["tokens"])
+    assert [r["done"] for r in stream] == [False] * (len(stream) - 1) + [True]
+    assert stream[-1]["text"] in stack.probe.answers
 
-    from prune2drive_ros.ros.worker import LIVE, REPLAY
 
-    def node_with(*publishers: str) -> Any:
-        infos = [SimpleNamespace(node_name=name, endpoint_gid=[i] * 16) for i, name in enumerate(publishers)]
-        return SimpleNamespace(get_publishers_info_by_topic=lambda topic: infos, _publisher_sources={})
-
-    jazzy_info = {"source_timestamp": 1, "received_timestamp": 2, "publication_sequence_number": 1}
-    source = DriveVqaNode._question_source
-    assert source(node_with("prune2drive_player"), jazzy_info) == REPLAY
-    assert source(node_with("rosbag2_player", "prune2drive_player"), jazzy_info) == REPLAY
-    assert source(node_with("prune2drive_player", "teleop_console"), jazzy_info) == LIVE
-    assert source(node_with(), jazzy_info) == LIVE
+@with_stack(params={"max_new_tokens": 256})
+def test_a_cancel_on_the_topic_stops_that_question(stack: Stack) -> None:
+    stack.health_where(lambda level, msg, v: float(v["sets_per_s"]) > 5)
+    stack.probe.ask("Describe everything you see in detail.")
+    first = wait_for(lambda: next((r for r in stack.probe.streams if not r["done"]), None), ANSWER_TIMEOUT)
+    assert first, "no partial answer on /vlm/answer_stream"
+    stack.probe.cancel_pub.publish(String(data=str(first["id"])))
+    record = wait_for(lambda: next((r for r in stack.probe.infos if r["id"] == first["id"]), None), ANSWER_TIMEOUT)
+    assert record and record["status"] == "dropped" and record["reason"] == "cancelled", record
+    assert record["question"] == "Describe everything you see in detail."
+    last = [r for r in stack.probe.streams if r["id"] == first["id"]][-1]
+    assert last["done"] and last["tokens"] < 256
+    stack.probe.cancel_pub.publish(String(data="not an id"))
+    stack.health_where(lambda level, msg, v: int(v["dropped.bad_cancel"]) == 1 and int(v["dropped.cancelled"]) == 1)

@@ -11,11 +11,12 @@ import yaml
 
 rclpy = pytest.importorskip("rclpy")
 
-from conftest import REPO
+from conftest import REPO, shutdown_context
 from rcl_interfaces.msg import ParameterType
 
-from prune2drive_ros.ros.node import DYNAMIC_PARAMETERS, DriveVqaNode, check_parameter
-from prune2drive_ros.ros.parameters import PARAMETERS, render_yaml
+from prune2drive_ros.ros.node import DriveVqaNode
+from prune2drive_ros.settings import DYNAMIC_PARAMETERS, NODE_PARAMETERS
+from prune2drive_ros.settings import check as check_parameter
 
 pytestmark = pytest.mark.ros
 
@@ -26,7 +27,7 @@ LAUNCH_FILE = REPO / "launch" / "drive_vqa.launch.py"
 ISSUE_TABLE = ["model", "pruning_method", "retain", "view_ratios", "prune_layer", "vision_backend", "engine_dir",
                "device", "dtype", "max_new_tokens", "camera_topics", "image_transport", "qos_reliability",
                "sync_slop_s", "sync_queue_size", "camera_timeout_s", "questions", "question_period_s",
-               "publish_kept_tokens", "autostart"]
+               "max_answer_age_s", "stream_period_s", "publish_kept_tokens", "autostart"]
 
 
 def yaml_params() -> dict:
@@ -85,19 +86,14 @@ def declared():
     rclpy.init(context=ctx)
     node = DriveVqaNode("drive_vqa_params", context=ctx)
     try:
-        yield {name: (node._param(name), node.describe_parameter(name)) for name in node.parameter_names}
+        yield {name: (node.parameters.value(name), node.describe_parameter(name)) for name in node.parameters.names}
     finally:
         node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        shutdown_context(ctx)
 
 
 def test_the_issue_table_is_declared(declared) -> None:
     assert list(declared) == ISSUE_TABLE
-
-
-def test_the_parameter_file_is_generated_from_the_table() -> None:
-    assert PARAMS_FILE.read_text() == render_yaml(), (
-        "config/drive_vqa.yaml is stale: python -m prune2drive_ros.ros.parameters > config/drive_vqa.yaml")
 
 
 def test_every_parameter_is_in_the_yaml_or_documented_there(declared) -> None:
@@ -121,8 +117,8 @@ def test_yaml_values_match_the_node_defaults_and_are_valid(declared) -> None:
 def test_the_launch_file_has_one_argument_per_parameter(declared) -> None:
     arguments = launch_arguments()
     assert set(arguments) == set(declared) | {"params_file", "node_name"}
-    for spec in PARAMETERS:
-        assert arguments[spec.name].startswith(spec.description), spec.name
+    for spec in NODE_PARAMETERS:
+        assert arguments[spec.param_name].startswith(spec.description), spec.param_name
 
 
 def test_descriptors_ranges_and_read_only(declared) -> None:
@@ -132,7 +128,8 @@ def test_descriptors_ranges_and_read_only(declared) -> None:
         assert descriptor.read_only == (name not in DYNAMIC_PARAMETERS), name
         if descriptor.type in (ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_INTEGER):
             assert descriptor.floating_point_range or descriptor.integer_range, name
-    assert set(DYNAMIC_PARAMETERS) == {"retain", "view_ratios", "camera_timeout_s", "questions", "publish_kept_tokens"}
+    assert set(DYNAMIC_PARAMETERS) == {"retain", "view_ratios", "camera_timeout_s", "questions", "publish_kept_tokens",
+                                       "max_answer_age_s", "stream_period_s"}
 
 
 def test_rcl_reads_the_parameter_file() -> None:
@@ -142,11 +139,11 @@ def test_rcl_reads_the_parameter_file() -> None:
     node = DriveVqaNode("drive_vqa_file", context=ctx)
     try:
         for name, value in yaml_params().items():
-            assert node._param(name) == value, name
-        assert node._param("view_ratios") is None and node._param("questions") is None
+            assert node.parameters.value(name) == value, name
+        assert node.parameters.value("view_ratios") is None and node.parameters.value("questions") is None
     finally:
         node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        shutdown_context(ctx)
 
 
 @pytest.mark.parametrize(("name", "value", "fragment"), [
@@ -175,15 +172,6 @@ def test_check_parameter_gives_reasons(name, value, fragment) -> None:
     assert reason is not None and fragment in reason
 
 
-def test_choices_match_the_libraries() -> None:
-    from prune2drive_ros.pruning import PRUNER_NAMES
-    from prune2drive_ros.ros import parameters
-    from prune2drive_ros.vlm.backends import FALLBACK_CHAIN
-
-    assert parameters.PRUNING_METHODS == tuple(PRUNER_NAMES)
-    assert parameters.VISION_BACKENDS == tuple(FALLBACK_CHAIN)
-
-
 def test_check_parameter_accepts_good_values() -> None:
     assert check_parameter("view_ratios", None) is None
     assert check_parameter("view_ratios", []) is None
@@ -199,7 +187,7 @@ def node_with(args: list[str], name: str, *, post_set: bool = True, monkeypatch=
 
 def close(node, ctx) -> None:
     node.destroy_node()
-    rclpy.try_shutdown(context=ctx)
+    shutdown_context(ctx)
 
 
 @pytest.mark.parametrize(("arg", "expected"), [
@@ -213,7 +201,7 @@ def test_an_integer_for_a_double_is_taken(arg: str, expected) -> None:
     node, ctx = node_with(["-p", arg], "drive_vqa_int")
     try:
         name = arg.split(":=")[0]
-        assert node._param(name) == expected and type(node._param(name)) is type(expected)
+        assert node.parameters.value(name) == expected and type(node.parameters.value(name)) is type(expected)
         assert not node.startup_errors
     finally:
         close(node, ctx)
@@ -221,7 +209,7 @@ def test_an_integer_for_a_double_is_taken(arg: str, expected) -> None:
 
 @pytest.mark.parametrize(("arg", "fragment"), [
     ("retain:=2.0", "retain must be in (0, 1]"),
-    ("prune_layer:=-1", "prune_layer must be in [0, 256]"),
+    ("prune_layer:=-2", "prune_layer must be in [-1, 256]"),
     ("max_new_tokens:=0", "max_new_tokens must be in [1, 4096]"),
     ("retain:=half", "retain must be a number"),
     ("pruning_method:=everything", "pruning_method must be one of"),
@@ -253,7 +241,7 @@ def test_a_fixed_run_time_parameter_clears_its_start_up_error() -> None:
     try:
         assert "retain" in node.startup_errors
         assert node.set_parameters([Parameter("retain", value=0.3)])[0].successful
-        assert "retain" not in node.startup_errors and node._param("retain") == 0.3
+        assert "retain" not in node.startup_errors and node.parameters.value("retain") == 0.3
     finally:
         close(node, ctx)
 
@@ -265,7 +253,7 @@ def test_run_time_integer_for_a_double(monkeypatch) -> None:
     try:
         result = node.set_parameters([Parameter("retain", value=1)])[0]
         if hasattr(node, "add_pre_set_parameters_callback"):  # Iron and newer
-            assert result.successful and node._param("retain") == 1.0
+            assert result.successful and node.parameters.value("retain") == 1.0
         else:
             assert not result.successful
     finally:
@@ -275,6 +263,8 @@ def test_run_time_integer_for_a_double(monkeypatch) -> None:
 def test_without_a_post_set_callback_changes_still_apply(monkeypatch) -> None:
     """Humble's rclpy has no add_post_set_parameters_callback (nor pre-set); the node applies the
     validated values from its on-set callback instead."""
+    from types import SimpleNamespace
+
     from rclpy.node import Node
     from rclpy.parameter import Parameter
 
@@ -282,24 +272,16 @@ def test_without_a_post_set_callback_changes_still_apply(monkeypatch) -> None:
     monkeypatch.delattr(Node, "add_pre_set_parameters_callback", raising=False)
     node, ctx = node_with([], "drive_vqa_humble")
     applied = []
-
-    class Worker:
-        def set_budgets(self, retain, view_ratios):
-            applied.append((retain, view_ratios))
-
-        def set_standing(self, questions):
-            applied.append(list(questions))
-
     try:
-        assert node._apply_on_set
-        node._worker = Worker()
+        assert node.parameters.apply_on_set
+        node.service = SimpleNamespace(update=applied.append)  # what the configured node hands changes to
         assert node.set_parameters([Parameter("retain", value=0.3)])[0].successful
         assert node.set_parameters([Parameter("view_ratios", value=[0.5] * 6)])[0].successful
         assert node.set_parameters([Parameter("questions", value=["Ahead?"])])[0].successful
         assert not node.set_parameters([Parameter("retain", value=3.0)])[0].successful
-        assert applied == [(0.3, None), (0.3, [0.5] * 6), ["Ahead?"]]
+        assert applied == [{"retain": 0.3}, {"view_ratios": [0.5] * 6}, {"questions": ["Ahead?"]}]
     finally:
-        node._worker = None
+        node.service = None
         close(node, ctx)
 
 
@@ -324,23 +306,7 @@ def test_fake_cameras_without_timer_autostart(monkeypatch) -> None:
         assert not rig._timer.is_canceled()
     finally:
         rig.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-
-
-def test_the_readme_parameter_table_follows_the_table() -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Parameters"):readme.index("### Topics")]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
-            if line.startswith("| `")]
-    assert [row[0].strip("`") for row in rows] == [spec.name for spec in PARAMETERS]
-    for row, spec in zip(rows, PARAMETERS, strict=True):
-        assert ("read-only" in row[1]) == (not spec.dynamic), spec.name
-        if spec.default is None:
-            assert row[2] == "unset", spec.name
-        elif not isinstance(spec.default, list):
-            text = str(spec.default).lower() if isinstance(spec.default, bool) else str(spec.default)
-            text = text if text else '""'
-            assert row[2] == f"`{text}`", spec.name
+        shutdown_context(ctx)
 
 
 def test_integers_for_doubles_through_the_launch_file_configure(tiny_model) -> None:
@@ -355,9 +321,9 @@ def test_integers_for_doubles_through_the_launch_file_configure(tiny_model) -> N
                           "drive_vqa_launch_ints")
     try:
         assert not node.startup_errors, node.startup_errors
-        assert node._param("retain") == 1.0 and node._param("sync_slop_s") == 1.0
-        assert node._param("camera_timeout_s") == 2.0 and node._param("question_period_s") == 0.0
-        assert node._param("view_ratios") == [1.0] * 6 and node._param("autostart") is False
+        assert node.parameters.value("retain") == 1.0 and node.parameters.value("sync_slop_s") == 1.0
+        assert node.parameters.value("camera_timeout_s") == 2.0 and node.parameters.value("question_period_s") == 0.0
+        assert node.parameters.value("view_ratios") == [1.0] * 6 and node.parameters.value("autostart") is False
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     finally:
         node.release()
@@ -367,7 +333,7 @@ def test_integers_for_doubles_through_the_launch_file_configure(tiny_model) -> N
 def test_bad_values_through_the_launch_file_leave_the_node_up() -> None:
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    node, ctx = node_with(launch_parameter_arguments({"retain": "2.0", "prune_layer": "-1", "max_new_tokens": "0",
+    node, ctx = node_with(launch_parameter_arguments({"retain": "2.0", "prune_layer": "-2", "max_new_tokens": "0",
                                                       "pruning_method": "[oops", "autostart": "false",
                                                       "node_name": "drive_vqa_launch_bad"}), "drive_vqa_launch_bad")
     try:

@@ -1,10 +1,13 @@
 """``prune2drive bench prefill``: time to first token, transformers ``generate`` vs ours dense vs ours pruned.
 
-One table, same weights, one run. Per row: time to first token (TTFT) with preprocess + vision, prune
-and prefill (visual prefix + one question) shown separately, the prefill speed-up over ours dense
-(prune included) against the ideal the FLOPs allow, the prefix KV-cache size, how the LLM ran (CUDA
-graphs or eager) and, on a GPU, the fraction of the answer's wall time the GPU was busy (torch.profiler).
-Below the table: whether ours dense produces the same greedy tokens as ``generate`` in this dtype.
+One table, same weights, one run, each row printed as it is measured. Per row: time to first token
+(TTFT) on fresh frames, and its parts: preprocess + vision (the runner's stage times), the visual
+prefix (its layers and the prune, the question excluded) and the question (prefill and first token
+on the prefix already built). Then the prefix speed-up over ours dense, the FLOPs ratio of one layer
+from the prune layer K on ("ideal"), and the fraction of that ideal the layers from K on reach ("of
+ideal", as the GPU targets count it), the prefix KV-cache size, how the stages ran and, on a GPU, the
+fraction of the answer's wall time the GPU was busy (torch.profiler). Below the table: whether ours
+dense produces the same greedy tokens as ``generate`` in this dtype.
 """
 
 from __future__ import annotations
@@ -20,89 +23,87 @@ from prune2drive_ros.bench.runtime import (
     add_model_arguments,
     build_runner,
     drivemm_flops_ratio,
+    first_token,
     fmt,
     gpu_busy,
     images,
-    median_ms,
-    prefill_flops_ratio,
+    repeats,
+    tail_flops_ratio,
+    times_ms,
 )
+from prune2drive_ros.bench.targets import tail_of_ideal
+from prune2drive_ros.bench.weights import add_weights_argument, compares_weights, run_weights
 
 AGREEMENT_TOKENS = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_weights_argument(parser)
     parser.add_argument("--retain", type=float, nargs="+", default=[0.1, 0.25, 0.5])
 
 
-def _measure(runner, frames, repeats: int) -> dict:
-    """Median stage times of fresh-frame answers (nothing reused) with one new token."""
-    runs = [runner.answer(frames, QUESTION, frame_key=("bench", runner.plan, i))[0] for i in range(repeats + 1)][1:]
-    stages = {k: statistics.median(a.timings_ms[k] for a in runs)
-              for k in ("preprocess", "vision", "prune", "prefill", "question")}
-    stages["ttft"] = sum(stages.values())
-    stages["answer"] = runs[-1]
-    return stages
+def _line(name: str, cells: str) -> None:
+    print(f"{name:<24}{cells}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    # Sized for the agreement check's tokens (the runner's bound); the timed answers ask for one.
+    if compares_weights(args):
+        return run_weights(args, 8, 8, args.retain[0])
+    # Sized for the agreement check's tokens once; every timed answer asks for one.
     runner = build_runner(args, pruning="none", retain=1.0, max_new_tokens=AGREEMENT_TOKENS)
     runner.max_new_tokens = 1
+    n = repeats(args)
     cfg = runner.model.config.text_config
     print(f"model: {args.model or 'random DriveMM-shaped'}  hidden={cfg.hidden_size} ffn={cfg.intermediate_size} "
-          f"layers={cfg.num_hidden_layers}  device={runner.device} dtype={runner.dtype} threads={torch.get_num_threads()}  "
-          f"prompt={runner.layout.length} prefix tokens")
+          f"layers={cfg.num_hidden_layers} vocab={cfg.vocab_size}  device={runner.device} dtype={runner.dtype} "
+          f"threads={torch.get_num_threads()}  prompt={runner.layout.length} prefix tokens  median of {n}", flush=True)
     frames = images(0)
-    question_tokens = len(runner.tokenizer(runner.prompt.suffix(QUESTION), add_special_tokens=False).input_ids)
     busy = (lambda fn: None) if args.no_profile else (lambda fn: gpu_busy(fn, runner.device))
-
-    header = (f"{'':<24}{'TTFT ms':>9}{'pre+vis':>9}{'prune':>9}{'prefill':>9}{'speed-up':>9}{'ideal':>8}"
-              f"{'of ideal':>9}{'KV MiB':>8}{'GPU busy':>9}  path")
-    lines = [header]
+    _line("", f"{'TTFT ms':>9}{'pre+vis':>9}{'prefix':>9}{'question':>9}{'speed-up':>9}{'ideal':>8}{'of ideal':>9}"
+              f"{'KV MiB':>8}{'GPU busy':>9}  path")
     generate = Generate(runner, frames)
     if not args.no_generate:
-        generate.tokens(1)  # warm-up
-        ttft = median_ms(lambda: generate.tokens(1), args.repeats, runner.device)
+        ttft = statistics.median(times_ms(lambda _: generate.tokens(1), n, runner.device))
         g_busy = busy(lambda: generate.tokens(1))
-        lines.append(f"{'transformers generate':<24}{ttft:>9.1f}{'':>9}{'':>9}{'':>9}{'':>9}{'':>8}{'':>9}{'':>8}"
-                     f"{fmt(g_busy, '.0%')}  eager")
+        _line("transformers generate", f"{ttft:>9.1f}{'':>9}{'':>9}{'':>9}{'':>9}{'':>8}{'':>9}{'':>8}"
+                                       f"{fmt(g_busy, '.0%')}  eager")
 
-    dense = _measure(runner, frames, args.repeats)
-    dense_work = dense["prune"] + dense["prefill"] + dense["question"]
-    kv = runner.prefix.nbytes() / 2**20
+    dense = first_token(runner, frames, n, "dense")
     d_busy = busy(lambda: runner.answer(frames, QUESTION, frame_key=("busy", "dense")))
-    lines.append(f"{'ours dense':<24}{dense['ttft']:>9.1f}{dense['preprocess'] + dense['vision']:>9.1f}"
-                 f"{dense['prune']:>9.1f}{dense['prefill']:>9.1f}{1.0:>9.2f}{1.0:>8.2f}{'':>9}{kv:>8.1f}"
-                 f"{fmt(d_busy, '.0%')}  {dense['answer'].path}")
+    _line("ours dense", f"{dense.ttft_ms:>9.1f}{dense.pre_vision_ms:>9.1f}{dense.prefix_ms:>9.1f}"
+                        f"{dense.question_ms:>9.1f}{1.0:>9.2f}{1.0:>8.2f}{'':>9}{runner.prefix.nbytes() / 2**20:>8.1f}"
+                        f"{fmt(d_busy, '.0%')}  {dense.answers[-1].path}")
     agreement = None
     if not args.no_generate:
         runner.max_new_tokens = AGREEMENT_TOKENS
         ours = runner.answer(frames, QUESTION, frame_key=("agree",))[0].token_ids
+        runner.max_new_tokens = 1
         theirs = generate.tokens(AGREEMENT_TOKENS)[0].tolist()
         agreement = sum(a == b for a, b in zip(ours, theirs))
         first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
-        runner.max_new_tokens = 1
 
+    head = runner.config.prune_layer / cfg.num_hidden_layers
     runner.set_pruning(args.pruning)
     for retain in args.retain:
         runner.set_budgets(retain=retain)
-        pruned = _measure(runner, frames, args.repeats)
-        work = pruned["prune"] + pruned["prefill"] + pruned["question"]
-        ideal = 1.0 / prefill_flops_ratio(runner, sum(runner.budgets), question_tokens)
-        kv = runner.prefix.nbytes() / 2**20
+        pruned = first_token(runner, frames, n, f"pruned {retain}")
+        ideal = tail_flops_ratio(runner, pruned.answers[0].kept_per_view)
+        try:
+            of_ideal = tail_of_ideal(dense.prefix_ms, pruned.prefix_ms, head, ideal)
+        except ValueError:  # a prefix too short to split from noise
+            of_ideal = None
         p_busy = busy(lambda: runner.answer(frames, QUESTION, frame_key=("busy", retain)))  # noqa: B023
-        lines.append(f"{f'ours {args.pruning} {retain}':<24}{pruned['ttft']:>9.1f}"
-                     f"{pruned['preprocess'] + pruned['vision']:>9.1f}{pruned['prune']:>9.1f}{pruned['prefill']:>9.1f}"
-                     f"{dense_work / work:>9.2f}{ideal:>8.2f}{dense_work / work / ideal:>9.0%}{kv:>8.1f}"
-                     f"{fmt(p_busy, '.0%')}  {pruned['answer'].path}")
-    print("\n".join(lines))
-    print("speed-up: (prune + prefill) of ours dense / of this row; ideal: dense / pruned prefill FLOPs")
+        _line(f"ours {args.pruning} {retain}",
+              f"{pruned.ttft_ms:>9.1f}{pruned.pre_vision_ms:>9.1f}{pruned.prefix_ms:>9.1f}{pruned.question_ms:>9.1f}"
+              f"{dense.prefix_ms / pruned.prefix_ms:>9.2f}{ideal:>8.2f}{fmt(of_ideal, '.0%')}"
+              f"{runner.prefix.nbytes() / 2**20:>8.1f}{fmt(p_busy, '.0%')}  {pruned.answers[-1].path}")
+    print("prefix: the visual prefix's layers and prune, question excluded; speed-up: dense prefix / this prefix;\n"
+          "ideal: dense / pruned FLOPs of one layer from K on; of ideal: the speed-up of layers K.. / ideal")
     if agreement is not None:
         where = "all equal" if first_diff is None else f"first difference at token {first_diff}"
         print(f"ours dense vs generate, greedy, {runner.dtype}: {agreement}/{AGREEMENT_TOKENS} tokens equal ({where})")
-    if runner.graphs.capture_ms:
-        print(f"CUDA graph capture: {runner.graphs.capture_ms:.0f} ms in all (warm-up, off the answer path)")
+    print(f"capture + warm-up at the last configure: {runner.warmup_ms:.0f} ms (off the answer path)")
     print(f"analytic DriveMM prefill FLOPs at 72 tokens/view, K=1: {drivemm_flops_ratio():.1%} of dense")
     if torch.cuda.is_available():
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")

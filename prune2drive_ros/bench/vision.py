@@ -17,6 +17,9 @@ import time
 import torch
 from torch import nn
 
+from prune2drive_ros import settings
+from prune2drive_ros.bench.runtime import times_ms
+
 SIGLIP_SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 26,
                  "patch_size": 14, "image_size": 384}
 DRIVEMM_LLM_HIDDEN = 4096
@@ -54,25 +57,14 @@ def drivemm_shaped_encoder(layers: int, device: torch.device, dtype: torch.dtype
 
 
 def _median_ms(fn, pixels: torch.Tensor, repeats: int, warmup: int = 2) -> float:
-    sync = torch.cuda.synchronize if pixels.is_cuda else (lambda: None)
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn(pixels)
-        sync()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(pixels)
-            sync()
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        return statistics.median(times_ms(lambda _: fn(pixels), repeats, pixels.device, warmup))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint (default: random DriveMM-shaped vision path)")
     parser.add_argument("--layers", type=int, default=None, help="SigLIP layers, no --model (default: 26 GPU, 2 CPU)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None, help="float32 / float16 / bfloat16 (default: device default)")
+    settings.add_arguments(parser, ("device", "dtype"))
     parser.add_argument("--views", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
@@ -99,11 +91,18 @@ def run(args: argparse.Namespace) -> int:
         what = f"DriveMM-shaped, {layers} SigLIP layers"
     pixels = parity_inputs(encoder, args.views, model_dir)
     print(f"vision encoder: {what}; {args.views} views {tuple(pixels.shape[1:])} on {device} {dtype}; "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}", flush=True)
 
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
-    rows: list[tuple[str, float | None, str]] = []
     baseline = None
+
+    def row(label: str, ms: float | None, note: str) -> None:
+        if ms is None:
+            print(f"{label:<15} {'-':>10} {'-':>9}  unavailable: {note}", flush=True)
+        else:
+            print(f"{label:<15} {ms:>10.2f} {baseline / ms:>8.2f}x  {note}", flush=True)
+
+    print(f"{'backend':<15} {'median ms':>10} {'vs eager':>9}  notes", flush=True)
     with tempfile.TemporaryDirectory(prefix="p2d-engines-") as tmp:
         candidates = [("torch eager", "torch", False)]
         if args.compile:
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             if name != "torch":
                 chosen, why = resolve_backend_name(name, str(device))
                 if chosen != name:
-                    rows.append((label, None, why.removeprefix("fallback: ").split("; ")[0]))
+                    row(label, None, why.removeprefix("fallback: ").split("; ")[0])
                     continue
                 try:
                     started = time.perf_counter()
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                                             model_dir=model_dir, max_views=max(6, args.views))
                     build_s = time.perf_counter() - started
                 except Exception as exc:  # a failed build is a result to report, not a crash
-                    rows.append((label, None, f"build failed: {exc}"))
+                    row(label, None, f"build failed: {exc}")
                     continue
                 note = (f"cos {backend.parity['min_cosine']:.6f}, {backend.cache_status} in {build_s:.1f} s"
                         if backend.parity else backend.cache_status)
@@ -129,13 +128,6 @@ def run(args: argparse.Namespace) -> int:
                 backend, note = TorchVisionBackend(encoder, compile=compiled), "reference" if not compiled else ""
             ms = _median_ms(backend, pixels, args.repeats, warmup=3 if compiled else 2)
             baseline = baseline or ms
-            rows.append((label, ms, note))
+            row(label, ms, note)
             backend.close()
-
-    print(f"{'backend':<15} {'median ms':>10} {'vs eager':>9}  notes")
-    for label, ms, note in rows:
-        if ms is None:
-            print(f"{label:<15} {'-':>10} {'-':>9}  unavailable: {note}")
-        else:
-            print(f"{label:<15} {ms:>10.2f} {baseline / ms:>8.2f}x  {note}")
     return 0

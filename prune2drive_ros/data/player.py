@@ -118,7 +118,9 @@ class BagPlayer:
         finally:
             if node is not None:
                 node.destroy_node()
+            # DDS goes down here, not whenever the garbage collector gets to the context.
             context.try_shutdown()
+            context.destroy()
         return self.published
 
     # --- internals --------------------------------------------------------------------------------------
@@ -263,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
         # run() has already closed the bag and the ROS context in its finally block.
         print(f"\nstopped after {player.published} messages", file=sys.stderr)
         return 130
+    except ModuleNotFoundError:
+        raise  # the command line names the extra that brings it
     except (ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,6 @@ Files in the output folder:
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import deque
@@ -27,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from prune2drive_ros import settings
 from prune2drive_ros.cameras import NUM_CAMERAS
-from prune2drive_ros.data.drivelm import DriveLMSet, KeyFrame, load_drivelm
+from prune2drive_ros.data.drivelm import DriveLMSet, KeyFrame
 from prune2drive_ros.eval.bootstrap import DEFAULT_RESAMPLES
 from prune2drive_ros.eval.distributed import Ranks
 from prune2drive_ros.eval.files import AnswerLog, read_jsonl, write_json
-from prune2drive_ros.eval.options import runner_settings
 from prune2drive_ros.eval.scoring import metrics_document, score
 from prune2drive_ros.eval.submission import write_submission
 from prune2drive_ros.eval.weights import weights_info
@@ -40,7 +39,7 @@ from prune2drive_ros.eval.weights import weights_info
 ANSWER_SETTINGS = ("model", "pruning", "retain", "view_ratios", "prune_layer", "max_new_tokens")
 """Settings that change the answers; a folder's answers are only resumed under the same ones."""
 
-STAGES = ("preprocess", "vision", "prune", "prefill", "decode", "total")
+STAGES = ("preprocess", "vision", "prune", "prefill", "question", "decode", "total")
 
 
 # ---------------------------------------------------------------- answering
@@ -293,10 +292,17 @@ def _finish(
     return doc
 
 
-# ---------------------------------------------------------------- command line
+def evaluate_model(dataset: DriveLMSet, model: str, runner: Mapping[str, Any], out_dir: Path, *, drivelm: str,
+                   limit: int | None = None, ranks: Ranks | None = None, **options: Any) -> dict[str, Any] | None:
+    """``evaluate`` with ``VLMRunner.from_pretrained(model, **runner)``; ``run.json`` records the model, the
+    runner settings, the DriveLM file, the limit and the world size. ``options`` go to ``evaluate``."""
+    ranks = ranks or Ranks()
+    run = {"model": model, **runner, "drivelm": drivelm, "limit": limit, "world_size": ranks.world_size}
+    return evaluate(dataset, runner_factory(model, runner), out_dir, settings=run, ranks=ranks, **options)
 
 
 def runner_factory(model: str, kwargs: Mapping[str, Any]) -> Callable[[], Any]:
+    """A function that loads ``VLMRunner.from_pretrained(model, **kwargs)`` when ``evaluate`` needs it."""
     def make() -> Any:
         from prune2drive_ros.vlm import VLMRunner
 
@@ -305,91 +311,25 @@ def runner_factory(model: str, kwargs: Mapping[str, Any]) -> Callable[[], Any]:
     return make
 
 
-def _evaluate_args(args: argparse.Namespace, judge: Any, ranks: Ranks, dataset: DriveLMSet) -> dict[str, Any] | None:
-    kwargs = runner_settings(args)
-    if kwargs["device"] is None:
-        kwargs["device"] = ranks.default_device()
-    settings = {
-        "model": args.model,
-        **kwargs,
-        "drivelm": str(args.drivelm),
-        "limit": args.limit,
-        "world_size": ranks.world_size,
-    }
-    doc = evaluate(
-        dataset,
-        runner_factory(args.model, kwargs),
-        args.out,
-        settings=settings,
-        ranks=ranks,
-        judge=judge,
-        progress=not args.no_progress,
-        rules=args.rules,
-        resamples=args.bootstrap,
-    )
-    if doc is not None:
-        from prune2drive_ros.eval.run import print_summary
+def compare_settings(methods: Sequence[str], retains: Sequence[float], runner: Mapping[str, Any],
+                     view_ratios: Sequence[float] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(folder name, runner settings) of every method x retain ratio a comparison runs.
 
-        print_summary(doc, args.out / "metrics.json")
-    return doc
-
-
-def _dataset(args: argparse.Namespace) -> DriveLMSet:
-    dataset = load_drivelm(args.drivelm, args.dataroot).limit(args.limit)
-    dataset.check_images()  # before the model loads: a wrong --dataroot fails in seconds, not mid-run
-    return dataset
-
-
-def evaluate_cli(args: argparse.Namespace, judge: Any = None) -> int:
-    ranks = Ranks.from_env(args.dist_timeout_min)
-    try:
-        _evaluate_args(args, judge, ranks, _dataset(args))
-    finally:
-        ranks.close()
-    return 0
-
-
-def compare_runs(args: argparse.Namespace) -> list[tuple[str, argparse.Namespace]]:
-    """(folder name, settings) of every method x retain ratio that ``--compare`` asks for.
-
-    ``none`` runs once (all tokens). With ``--view-ratios`` each pruning method runs once with those
-    per-camera ratios instead of the ``--compare-retain`` list. Each method runs at the layer that
-    ``eval --pruning METHOD`` uses (``options.default_prune_layer`` unless ``--prune-layer`` is given),
-    so a method's name means one setting in both.
+    ``none`` runs once (all tokens). With ``view_ratios`` each pruning method runs once with those
+    per-camera ratios instead of the ``retains``. Each method runs at its own layer
+    (``settings.prune_layer_for``) unless ``runner`` names a ``prune_layer`` (>= 0), so a method's name
+    means one setting in a comparison and in a single run.
     """
-    methods = [m.strip() for m in args.compare.split(",") if m.strip()]
-    retains = [float(r) for r in str(args.compare_retain).split(",") if r.strip()]
     runs = []
     for method in methods:
         if method == "none":
-            settings = [("none", 1.0, None)]
-        elif args.view_ratios:
-            settings = [(f"{method}-adaptive", args.retain, args.view_ratios)]
+            chosen = [("none", 1.0, None)]
+        elif view_ratios:
+            chosen = [(f"{method}-adaptive", runner.get("retain", 1.0), list(view_ratios))]
         else:
-            settings = [(f"{method}-r{r:g}", r, None) for r in retains]
-        for name, retain, ratios in settings:
-            sub = argparse.Namespace(**vars(args))
-            sub.pruning, sub.retain, sub.view_ratios, sub.out, sub.compare = method, retain, ratios, args.out / name, None
-            runs.append((name, sub))
+            chosen = [(f"{method}-r{r:g}", r, None) for r in retains]
+        for name, retain, ratios in chosen:
+            layer = settings.prune_layer_for(method, runner.get("prune_layer", -1))
+            runs.append((name, {**runner, "pruning": method, "retain": retain, "view_ratios": ratios,
+                                "prune_layer": layer}))
     return runs
-
-
-def compare_cli(args: argparse.Namespace, judge: Any = None) -> int:
-    """Evaluate every method into DIR/<name>/ (each resumable), then write the comparison into DIR."""
-    runs = compare_runs(args)
-    ranks = Ranks.from_env(args.dist_timeout_min)
-    try:
-        dataset = _dataset(args)
-        for name, sub in runs:
-            if ranks.is_main:
-                print(f"== {name}")
-            _evaluate_args(sub, judge, ranks, dataset)
-        if ranks.is_main:
-            from prune2drive_ros.eval.report import write_report
-
-            table, plot = write_report([sub.out for _, sub in runs], args.out)
-            print(table.read_text(encoding="utf-8"))
-            print(f"wrote {table} and {plot}")
-    finally:
-        ranks.close()
-    return 0

@@ -165,7 +165,7 @@ def bleu_from_counts(totals: Any) -> Any:
 
 
 def language_score(m: dict[str, float | None]) -> float | None:
-    """L = (B1 + B2 + B3 + B4)/12 + ROUGE-L/3 + CIDEr/30 (DESIGN.md §3); 1.0 at best."""
+    """L = (B1 + B2 + B3 + B4)/12 + ROUGE-L/3 + CIDEr/30 (docs/pruning.md); 1.0 at best."""
     keys = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider")
     if any(m.get(k) is None for k in keys):
         return None

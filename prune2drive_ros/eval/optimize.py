@@ -5,7 +5,7 @@
         [--workers N] [--threads T]
 
 Each trial picks r in [0.1, 1.0]^6 (one ratio per camera), answers the first ``--limit`` questions
-with those budgets and scores ``0.5 * L + 0.5 * Acc - lambda * sum(r)`` (DESIGN.md §3). Workers
+with those budgets and scores ``0.5 * L + 0.5 * Acc - lambda * sum(r)`` (docs/pruning.md). Workers
 started on several machines with the same ``--storage`` and ``--study-name`` share one study
 (``load_if_exists``); together they stop at about ``--trials`` trials. Every worker writes, from the
 whole study, ``view_ratios.yaml`` (a ROS parameter file for the node's ``--params-file``),
@@ -33,6 +33,11 @@ from prune2drive_ros.cameras import CAMERA_NAMES
 from prune2drive_ros.eval.options import add_model_arguments, runner_settings
 
 OBJECTIVE = "0.5*L + 0.5*Acc - {lam}*sum(r)"
+LAMBDA = 0.03
+"""Prune2Drive's FLOPs penalty per unit of sum(r)."""
+RATIO_RANGE = (0.1, 1.0)
+"""Each camera's kept fraction is searched in this range (Prune2Drive's)."""
+STUDY_NAME = "prune2drive-view-ratios"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,10 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=1000, help="trials in the whole study, all workers together")
     parser.add_argument("--limit", type=int, default=500, help="questions each trial answers (default 500)")
     parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite:///OUT/study.db)")
-    parser.add_argument("--study-name", default="prune2drive-view-ratios")
-    parser.add_argument("--lambda", dest="lam", type=float, default=0.03, help="FLOPs penalty per unit of sum(r)")
-    parser.add_argument("--min-ratio", type=float, default=0.1)
-    parser.add_argument("--max-ratio", type=float, default=1.0)
+    parser.add_argument("--study-name", default=STUDY_NAME)
+    parser.add_argument("--lambda", dest="lam", type=float, default=LAMBDA, help="FLOPs penalty per unit of sum(r)")
+    parser.add_argument("--min-ratio", type=float, default=RATIO_RANGE[0])
+    parser.add_argument("--max-ratio", type=float, default=RATIO_RANGE[1])
     parser.add_argument("--seed", type=int, help="sampler seed (give each worker its own)")
     parser.add_argument("--out", type=Path, default=Path("optimize-out"), help="output folder (default optimize-out)")
     parser.add_argument("--no-progress", action="store_true")
@@ -314,22 +319,31 @@ def threads_per_worker(workers: int, threads: int | None = None) -> int:
     return max(1, cores // max(1, workers))
 
 
+def run_trials(dataset: Any, model: str, runner: dict[str, Any], storage: str, study_name: str, seed: int | None,
+               trials: int, *, lam: float, lo: float, hi: float, rules: str = "official", progress: bool = True) -> int:
+    """Join the study and run trials until it holds ``trials``; returns how many ran here. ``runner``: the
+    runner settings besides ``view_ratios`` (each trial sets its own)."""
+    study = open_study(storage, study_name, seed)
+    objective = BudgetSearch(dataset, make_runner_for(model, runner), lam, lo, hi, rules)
+    return search(study, objective, trials, progress=progress)
+
+
 def _worker(args: argparse.Namespace, dataset: Any, storage: str, threads: int) -> int:
-    """One worker: join the study and run trials until it holds ``--trials``; returns trials run here."""
+    """One worker of ``prune2drive optimize``."""
     import torch
 
     torch.set_num_threads(threads)
-    study = open_study(storage, args.study_name, args.seed)
-    settings = runner_settings(args)
-    settings.pop("view_ratios")  # each trial sets its own
-    objective = BudgetSearch(
-        dataset, make_runner_for(args.model, settings), args.lam, args.min_ratio, args.max_ratio, args.rules
-    )
-    return search(study, objective, args.trials, progress=not args.no_progress)
+    runner = runner_settings(args)
+    runner.pop("view_ratios")
+    return run_trials(dataset, args.model, runner, storage, args.study_name, args.seed, args.trials, lam=args.lam,
+                      lo=args.min_ratio, hi=args.max_ratio, rules=args.rules, progress=not args.no_progress)
 
 
 def _child(args: argparse.Namespace, dataset: Any, storage: str, threads: int) -> None:
-    sys.exit(0 if _worker(args, dataset, storage, threads) >= 0 else 1)
+    try:
+        sys.exit(0 if _worker(args, dataset, storage, threads) >= 0 else 1)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it, once
+        sys.exit(130)
 
 
 def _spawn_workers(args: argparse.Namespace, dataset: Any, storage: str, threads: int) -> int:
@@ -362,7 +376,7 @@ def _spawn_workers(args: argparse.Namespace, dataset: Any, storage: str, threads
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
-                proc.join(timeout=30)
+                proc.join(timeout=1.0)  # after Ctrl-C the workers have two seconds between them
     return max((proc.exitcode or 0 for proc in procs), default=0)
 
 

@@ -17,14 +17,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from prune2drive_ros.eval.distributed import Ranks
 from prune2drive_ros.eval.options import (
-    PRUNING_METHODS,
     add_judge_arguments,
     add_model_arguments,
     add_scoring_arguments,
     make_judge,
+    runner_settings,
 )
+from prune2drive_ros.settings import PRUNING_METHODS
+
+if TYPE_CHECKING:
+    from prune2drive_ros.data.drivelm import DriveLMSet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,14 +63,76 @@ def run(args: argparse.Namespace) -> int:
         judge = make_judge(args)
         if args.score_only is not None:
             return score_only(args, judge)
-        from prune2drive_ros.eval.engine import compare_cli, evaluate_cli
-
         if args.compare:
             return compare_cli(args, judge)
         return evaluate_cli(args, judge)
     except (ValueError, FileNotFoundError) as exc:
         print(f"prune2drive eval: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _dataset(args: argparse.Namespace) -> DriveLMSet:
+    from prune2drive_ros.data.drivelm import load_drivelm
+
+    dataset = load_drivelm(args.drivelm, args.dataroot).limit(args.limit)
+    dataset.check_images()  # before the model loads: a wrong --dataroot fails in seconds, not mid-run
+    return dataset
+
+
+def _evaluate(args: argparse.Namespace, runner: dict[str, Any], out: Path, judge: Any, ranks: Ranks,
+              dataset: DriveLMSet) -> dict[str, Any] | None:
+    """One evaluation into ``out`` with these runner settings; prints the summary on rank 0."""
+    from prune2drive_ros.eval.engine import evaluate_model
+
+    runner = dict(runner)
+    if runner["device"] == "auto":
+        runner["device"] = ranks.default_device() or "auto"
+    doc = evaluate_model(dataset, args.model, runner, out, drivelm=str(args.drivelm), limit=args.limit, ranks=ranks,
+                         judge=judge, progress=not args.no_progress, rules=args.rules, resamples=args.bootstrap)
+    if doc is not None:
+        print_summary(doc, out / "metrics.json")
+    return doc
+
+
+def evaluate_cli(args: argparse.Namespace, judge: Any = None) -> int:
+    ranks = Ranks.from_env(args.dist_timeout_min)
+    try:
+        _evaluate(args, runner_settings(args), args.out, judge, ranks, _dataset(args))
+    finally:
+        ranks.close()
+    return 0
+
+
+def compare_runs(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """(folder name, runner settings) of every method x retain ratio that ``--compare`` asks for."""
+    from prune2drive_ros.eval.engine import compare_settings
+
+    methods = [m.strip() for m in args.compare.split(",") if m.strip()]
+    retains = [float(r) for r in str(args.compare_retain).split(",") if r.strip()]
+    runner = runner_settings(args)
+    runner["prune_layer"] = args.prune_layer  # -1: each method at its own layer
+    return compare_settings(methods, retains, runner, runner.pop("view_ratios"))
+
+
+def compare_cli(args: argparse.Namespace, judge: Any = None) -> int:
+    """Evaluate every method into DIR/<name>/ (each resumable), then write the comparison into DIR."""
+    runs = compare_runs(args)
+    ranks = Ranks.from_env(args.dist_timeout_min)
+    try:
+        dataset = _dataset(args)
+        for name, runner in runs:
+            if ranks.is_main:
+                print(f"== {name}")
+            _evaluate(args, runner, args.out / name, judge, ranks, dataset)
+        if ranks.is_main:
+            from prune2drive_ros.eval.report import write_report
+
+            table, plot = write_report([args.out / name for name, _ in runs], args.out)
+            print(table.read_text(encoding="utf-8"))
+            print(f"wrote {table} and {plot}")
+    finally:
+        ranks.close()
+    return 0
 
 
 def score_only(args: argparse.Namespace, judge=None) -> int:

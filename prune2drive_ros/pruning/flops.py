@@ -1,4 +1,4 @@
-"""Prefill FLOPs as the token-pruning papers count them (DESIGN.md §3)."""
+"""Prefill FLOPs as the token-pruning papers count them (docs/pruning.md)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,9 @@
-"""What the node reports on /diagnostics, as plain key/value lists (no ROS; the node wraps them).
+"""Node health on /diagnostics, as plain key/value lists (no ROS; the node wraps them).
 
-Two kinds of status:
-
-- one per answer: the question, the frame stamp, every stage timing, token counts and FLOPs;
-- node health, once a second: input rate and silence per camera (WARN after ``camera_timeout_s``,
-  ERROR after ``error_factor`` times that), synchronized sets per second, everything dropped and
-  why, queue depths and GPU memory. Cameras that stream while no set forms for ``stall_after_s``
-  are WARN too, with the likely reason read from the drop counters.
+Once a second: input rate and silence per camera (WARN after ``camera_timeout_s``, ERROR after
+``error_factor`` times that), synchronized sets per second, everything dropped and why, queue depths
+and GPU memory. Cameras that stream while no set forms for ``stall_after_s`` are WARN too, with the
+likely reason read from the drop counters. (The per-answer status comes from ``records``.)
 """
 
 from __future__ import annotations
@@ -20,39 +17,6 @@ from typing import Any
 # diagnostic_msgs/DiagnosticStatus levels.
 OK, WARN, ERROR = 0, 1, 2
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR"}
-
-# Per-answer timing keys, in pipeline order. The runner reports the middle six as timings_ms.
-TIMING_KEYS = ("sync_wait_ms", "image_decode_ms", "preprocess_ms", "vision_ms", "prune_ms", "prefill_ms",
-               "decode_ms", "total_ms")
-RUNNER_STAGES = ("preprocess", "vision", "prune", "prefill", "decode", "total")
-ANSWER_KEYS = ("question", "frame_stamp", *TIMING_KEYS, "visual_tokens", "kept_tokens", "kept_per_view",
-               "flops_ratio", "vision_backend", "device")
-
-
-def _ms(value: float) -> str:
-    return f"{value:.2f}"
-
-
-def answer_values(answer: Any, *, question: str, frame_stamp: float, sync_wait_ms: float, image_decode_ms: float,
-                  vision_backend: str, device: str, extra: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
-    """Key/values of one answer's status; ``answer`` is a ``prune2drive_ros.vlm.Answer``."""
-    timings = answer.timings_ms
-    flops_ratio = answer.flops / answer.flops_dense if answer.flops_dense else 1.0
-    values = [
-        ("question", question),
-        ("frame_stamp", f"{frame_stamp:.9f}"),
-        ("sync_wait_ms", _ms(sync_wait_ms)),
-        ("image_decode_ms", _ms(image_decode_ms)),
-        *((f"{stage}_ms", _ms(float(timings.get(stage, 0.0)))) for stage in RUNNER_STAGES),
-        ("visual_tokens", str(answer.visual_tokens)),
-        ("kept_tokens", str(sum(answer.kept_per_view))),
-        ("kept_per_view", ",".join(str(k) for k in answer.kept_per_view)),
-        ("flops_ratio", f"{flops_ratio:.4f}"),
-        ("vision_backend", vision_backend),
-        ("device", device),
-    ]
-    values += [(k, str(v)) for k, v in (extra or {}).items()]
-    return values
 
 
 def gpu_memory_mb() -> float | None:

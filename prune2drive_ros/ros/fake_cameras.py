@@ -11,6 +11,7 @@ loop) at run time.
 from __future__ import annotations
 
 import random
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -18,9 +19,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
 from prune2drive_ros.cameras import CAMERAS, NUM_CAMERAS, default_topics
@@ -124,16 +126,27 @@ class FakeCameraRig(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv)
-    node = FakeCameraRig()
+    """Publish until Ctrl-C (exit code 130) or until the context is shut down (0)."""
+    # Ctrl-C must raise KeyboardInterrupt here, also when a script started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    context = rclpy.Context()
+    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    node = FakeCameraRig(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    code = 0
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        executor.spin()
+    except KeyboardInterrupt:
+        code = 130
+    except ExternalShutdownException:
         pass
     finally:
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+        context.try_shutdown()
+        context.destroy()  # DDS goes down now, not in a garbage-collector pass
+    return code
 
 
 if __name__ == "__main__":

@@ -1,255 +1,150 @@
-"""The parameters of ``drive_vqa_node``: one table, no ROS.
+"""The node's parameters, declared from ``prune2drive_ros.settings`` (rclpy glue).
 
-``PARAMETERS`` is the only place a parameter is defined. It feeds
+``NodeParameters`` declares every node setting on a node (type, default, range, read-only, description)
+and checks values with the settings' rules:
 
-- the node's declarations (type, default, range, read-only, description),
-- the checks of start-up values and of run-time changes (``check_parameter``),
-- ``config/drive_vqa.yaml`` (``render_yaml``; a test keeps the file equal to it), and
-- the arguments of ``launch/drive_vqa.launch.py``.
-
-Regenerate the parameter file after changing the table::
-
-    python -m prune2drive_ros.ros.parameters > config/drive_vqa.yaml
+- a start-up value that is out of range or of the wrong type never ends the process: it is logged with
+  the reason and how to fix it, the default is declared in its place, and ``problems()`` keeps naming
+  it (the node's configure fails) until a valid value is set;
+- run-time changes are refused with the reason (``ros2 param set`` prints it); valid ones go to the
+  node's ``on_change`` (after they are set; on Humble, which has no post-set callback, just before);
+- an integer where a double is expected (``retain:=1``) is taken as that double.
 """
 
 from __future__ import annotations
 
-import array
-import json
-import math
-import re
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from prune2drive_ros.cameras import CAMERA_NAMES, NUM_CAMERAS, default_topics
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
 
-# Copies of prune2drive_ros.pruning.PRUNER_NAMES and vlm.backends.FALLBACK_CHAIN (a test keeps them equal):
-# importing those pulls in torch, and the node should be up and answering lifecycle calls in a blink.
-PRUNING_METHODS = ("none", "tfps", "divprune", "fastv", "random", "pool", "mvpruner")
-VISION_BACKENDS = ("tensorrt", "onnxruntime", "torch")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-TRANSPORTS = ("compressed", "raw")
-RELIABILITIES = ("best_effort", "reliable")
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-MAX_QUESTION_CHARS = 2000
-"""Longer questions are dropped at the door; the runner also bounds the prompt in tokens."""
-ERROR_FACTOR = 3.0
-"""A camera silent for camera_timeout_s is WARN, for ERROR_FACTOR times that ERROR."""
-
-# ROS parameter kinds (names follow rcl_interfaces/ParameterType without the prefix).
-STRING, DOUBLE, INTEGER, BOOL, DOUBLE_ARRAY, STRING_ARRAY = (
-    "string", "double", "integer", "bool", "double_array", "string_array")
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    name: str
-    kind: str
-    default: Any
-    """None: unset by default (a list that a ROS parameter file cannot type when empty)."""
-    description: str
-    dynamic: bool = False
-    """Applied while the node runs; every other parameter is read-only (takes a restart)."""
-    choices: tuple[str, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    """``low`` itself is excluded (ROS ranges are closed, so the descriptor shows [low, high])."""
-    rule: Callable[[Any], str | None] | None = None
-    """Further check of a value that has the right type and range; returns the reason it is bad."""
-    example: str = ""
-    """For an unset parameter: the commented-out example line of the YAML file."""
-
-    def bounds_text(self) -> str:
-        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
-
-
-def _check_model(value: str) -> str | None:
-    return None if value.strip() else "model must name a checkpoint folder or hub id"
-
-
-def _check_device(value: str) -> str | None:
-    return None if DEVICE_PATTERN.match(value) else f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
-
-
-def _check_view_ratios(value: list[float]) -> str | None:
-    if value and len(value) != NUM_CAMERAS:
-        return (f"view_ratios needs {NUM_CAMERAS} values in camera order ({', '.join(CAMERA_NAMES)}), "
-                f"got {len(value)}")
-    return None
-
-
-def _check_camera_topics(value: list[str]) -> str | None:
-    if len(value) != NUM_CAMERAS or not all(t.strip() for t in value):
-        return f"camera_topics needs {NUM_CAMERAS} non-empty topics in camera order, got {value}"
-    if len(set(value)) != NUM_CAMERAS:
-        return f"camera_topics must be distinct, got {value}"
-    return None
-
-
-def _check_questions(value: list[str]) -> str | None:
-    for question in value:
-        if not question.strip() or len(question) > MAX_QUESTION_CHARS:
-            return f"standing questions must be non-empty and at most {MAX_QUESTION_CHARS} characters"
-    return None
-
-
-def _one_of(choices: Sequence[str]) -> str:
-    return " | ".join(choices)
-
-
-PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("model", STRING, "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-              "checkpoint: transformers LLaVA-OneVision folder or hub id, or a DriveMM (LLaVA-NeXT) folder",
-              rule=_check_model),
-    ParamSpec("pruning_method", STRING, "tfps", "visual token pruning method", choices=PRUNING_METHODS),
-    ParamSpec("retain", DOUBLE, 0.1, "fraction of visual tokens kept per view", dynamic=True,
-              low=0.0, high=1.0, low_open=True),
-    ParamSpec("view_ratios", DOUBLE_ARRAY, None,
-              "six per-camera kept fractions in DriveMM camera order; unset or empty = use retain", dynamic=True,
-              low=0.0, high=1.0, low_open=True, rule=_check_view_ratios,
-              example="[0.1, 0.1, 0.1, 0.1, 0.1, 0.1]"),
-    ParamSpec("prune_layer", INTEGER, 1, "decoder layer K at which tokens are pruned (0 = before the LLM)",
-              low=0, high=256),
-    ParamSpec("vision_backend", STRING, "tensorrt",
-              "vision encoder backend; falls back tensorrt -> onnxruntime -> torch", choices=VISION_BACKENDS),
-    ParamSpec("engine_dir", STRING, "", "TensorRT / ONNX engine cache; empty = ~/.cache/prune2drive/engines"),
-    ParamSpec("device", STRING, "auto", "auto | cpu | cuda | cuda:N", rule=_check_device),
-    ParamSpec("dtype", STRING, "auto", "model dtype", choices=DTYPES),
-    ParamSpec("max_new_tokens", INTEGER, 64, "answer length cap in tokens", low=1, high=4096),
-    ParamSpec("camera_topics", STRING_ARRAY, default_topics("compressed"),
-              "six image topics in DriveMM camera order; left at these defaults they follow image_transport "
-              "(raw -> /CAM_*/image_rect)", rule=_check_camera_topics),
-    ParamSpec("image_transport", STRING, "compressed",
-              "sensor_msgs/CompressedImage (JPEG/PNG) or sensor_msgs/Image", choices=TRANSPORTS),
-    ParamSpec("qos_reliability", STRING, "best_effort", "camera subscription reliability", choices=RELIABILITIES),
-    ParamSpec("sync_slop_s", DOUBLE, 0.08,
-              "max stamp spread of a synchronized set in s; nuScenes cameras fire over ~50 ms",
-              low=0.0, high=10.0, low_open=True),
-    ParamSpec("sync_queue_size", INTEGER, 10,
-              "synchronizer queue per camera (>= 2: a set is confirmed by the frame after it)", low=2, high=1000),
-    ParamSpec("camera_timeout_s", DOUBLE, 1.0,
-              f"silence in s before a camera is WARN in /diagnostics (ERROR after {ERROR_FACTOR:g}x)", dynamic=True,
-              low=0.0, high=3600.0, low_open=True),
-    ParamSpec("questions", STRING_ARRAY, None, "standing questions asked every question_period_s; unset = none",
-              dynamic=True, rule=_check_questions, example='["What are the important objects in the current scene?"]'),
-    ParamSpec("question_period_s", DOUBLE, 0.0, "period of the standing questions in s; 0 = off",
-              low=0.0, high=86400.0),
-    ParamSpec("publish_kept_tokens", BOOL, False, "publish the kept-token mosaic on /vlm/kept_tokens", dynamic=True),
-    ParamSpec("autostart", BOOL, True, "configure and activate at start-up"),
+from prune2drive_ros.settings import (
+    BOOL,
+    DOUBLE,
+    DOUBLE_ARRAY,
+    INTEGER,
+    NODE_PARAMETERS,
+    STRING,
+    STRING_ARRAY,
+    Setting,
+    check,
+    coerce,
 )
 
-BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
-DYNAMIC_PARAMETERS: tuple[str, ...] = tuple(spec.name for spec in PARAMETERS if spec.dynamic)
-
-_NUMBER_KINDS = {DOUBLE: "a number", INTEGER: "an integer", BOOL: "true or false", STRING: "a string",
-                 DOUBLE_ARRAY: "a list of numbers", STRING_ARRAY: "a list of strings"}
-
-
-def coerce(name: str, value: Any) -> Any:
-    """``value`` in the parameter's own type where that loses nothing: an integer for a double
-    (``retain:=1``), integers in a double list. Anything else is returned unchanged."""
-    spec = BY_NAME.get(name)
-    if spec is None:
-        return value
-    if spec.kind == DOUBLE and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if spec.kind == DOUBLE_ARRAY and isinstance(value, (list, tuple)) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return [float(v) for v in value]
-    return value
+BY_PARAM: dict[str, Setting] = {spec.param_name: spec for spec in NODE_PARAMETERS}
+_ROS_TYPES = {STRING: Parameter.Type.STRING, DOUBLE: Parameter.Type.DOUBLE, INTEGER: Parameter.Type.INTEGER,
+              BOOL: Parameter.Type.BOOL, DOUBLE_ARRAY: Parameter.Type.DOUBLE_ARRAY,
+              STRING_ARRAY: Parameter.Type.STRING_ARRAY}
 
 
-def _type_ok(kind: str, value: Any) -> bool:
-    if kind == STRING:
-        return isinstance(value, str)
-    if kind == DOUBLE:
-        return isinstance(value, float)
-    if kind == INTEGER:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == BOOL:
-        return isinstance(value, bool)
-    items = value if isinstance(value, (list, tuple)) else None
-    if kind == DOUBLE_ARRAY:
-        return items is not None and all(isinstance(v, float) for v in items)
-    if kind == STRING_ARRAY:
-        return items is not None and all(isinstance(v, str) for v in items)
-    return False
+def descriptor(spec: Setting) -> ParameterDescriptor:
+    constraints = f"{spec.low:g} excluded" if spec.low is not None and spec.low_open else " | ".join(spec.choices)
+    out = ParameterDescriptor(description=spec.description + ("" if spec.dynamic else " (read-only: set at start-up)"),
+                              read_only=not spec.dynamic, additional_constraints=constraints)
+    if spec.low is not None and spec.kind in (DOUBLE, DOUBLE_ARRAY):
+        out.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high))]
+    elif spec.low is not None:
+        out.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    return out
 
 
-def check_parameter(name: str, value: Any) -> str | None:
-    """Why ``value`` is invalid for ``name`` (already coerced), or None. None is valid for unset parameters."""
-    spec = BY_NAME.get(name)
-    if spec is None:
-        return f"unknown parameter {name!r}"
-    if value is None:
-        return None if spec.default is None else f"{name} must be set"
-    if isinstance(value, array.array):  # how rclpy hands over double arrays
-        value = list(value)
-    if not _type_ok(spec.kind, value):
-        return f"{name} must be {_NUMBER_KINDS[spec.kind]}, got {value!r} ({type(value).__name__})"
-    if spec.kind in (DOUBLE_ARRAY, STRING_ARRAY):
-        value = list(value)
-    if spec.choices and value not in spec.choices:
-        return f"{name} must be one of {_one_of(spec.choices)}, got {value!r}"
-    if spec.low is not None:
-        numbers = value if isinstance(value, list) else [value]
-        for number in numbers:
-            too_low = number <= spec.low if spec.low_open else number < spec.low
-            if not math.isfinite(number) or too_low or number > spec.high:
-                what = "each value of " + name if isinstance(value, list) else name
-                return f"{what} must be in {spec.bounds_text()}, got {value!r}"
-    if spec.rule is not None:
-        return spec.rule(value)
-    return None
+def fix_hint(node_name: str, name: str) -> str:
+    if BY_PARAM[name].dynamic:
+        return (f"set a valid value (ros2 param set /{node_name} {name} VALUE) and configure again, "
+                "or restart with a corrected value")
+    return (f"{name} is read-only: restart the node with a corrected value "
+            f"({name}:=VALUE on ros2 launch, -p {name}:=VALUE with --ros-args)")
 
 
-# -- the parameter file ---------------------------------------------------------------------------
+class NodeParameters:
+    """Every node setting declared on ``node``; see the module docstring."""
 
-def _yaml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
+    def __init__(self, node: Node, on_change: Callable[[dict[str, Any]], None]) -> None:
+        self._node = node
+        self._on_change = on_change
+        self.names = [spec.param_name for spec in NODE_PARAMETERS]
+        self.errors: dict[str, str] = {}
+        """Parameter -> why its start-up value was rejected, and how to fix it."""
+        overrides: Mapping[str, Parameter] = getattr(node, "_parameter_overrides", {})
+        for spec in NODE_PARAMETERS:
+            self._declare(spec, overrides.get(spec.param_name))
+        # rclpy >= Iron: convert an integer to a double before the type check (`ros2 param set ... retain 1`).
+        if hasattr(node, "add_pre_set_parameters_callback"):
+            node.add_pre_set_parameters_callback(self._coerce)
+        node.add_on_set_parameters_callback(self._check)
+        # Humble has no post-set callback: there the validated values are applied from the on-set callback.
+        self.apply_on_set = not hasattr(node, "add_post_set_parameters_callback")
+        if not self.apply_on_set:
+            node.add_post_set_parameters_callback(lambda params: self._changed({p.name: p.value for p in params}))
 
+    def _declare(self, spec: Setting, override: Parameter | None) -> None:
+        name = spec.param_name
+        default = _ROS_TYPES[spec.kind] if spec.default is None else spec.default
+        value, ignore_override = default, False
+        if override is not None:
+            candidate = coerce(name, override.value)
+            reason = check(name, candidate)
+            if reason is not None:
+                self._reject(spec, override.value, reason)
+                ignore_override = True
+            elif candidate is not override.value:
+                value, ignore_override = candidate, True
+        try:
+            self._node.declare_parameter(name, value, descriptor(spec), ignore_override=ignore_override)
+        except Exception as exc:  # whatever rclpy refuses: keep the default, never end the process
+            self._reject(spec, override.value if override else None, f"{type(exc).__name__}: {exc}")
+            self._node.declare_parameter(name, default, descriptor(spec), ignore_override=True)
 
-def _comment(spec: ParamSpec) -> str:
-    parts = [spec.description]
-    if spec.choices:
-        parts.append(_one_of(spec.choices))
-    if spec.low is not None:
-        parts.append(f"range {spec.bounds_text()}")
-    parts.append("run-time changeable" if spec.dynamic else "read-only")
-    return "; ".join(parts)
+    def _reject(self, spec: Setting, given: Any, reason: str) -> None:
+        default = "unset" if spec.default is None else repr(spec.default)
+        message = f"start-up value {given!r} of {spec.param_name} rejected ({reason}); using {default} for now"
+        self.errors[spec.param_name] = f"{message}. To fix: {fix_hint(self._node.get_name(), spec.param_name)}"
+        self._node.get_logger().error(f"parameter {self.errors[spec.param_name]}")
 
+    def value(self, name: str) -> Any:
+        """The value, or None for a parameter declared without a default and never set (view_ratios, questions)."""
+        try:
+            value = self._node.get_parameter(name).value
+        except ParameterUninitializedException:
+            return None
+        return list(value) if BY_PARAM[name].kind == DOUBLE_ARRAY and value is not None else value
 
-def render_yaml() -> str:
-    """config/drive_vqa.yaml, from the table."""
-    lines = [
-        "# Parameters of drive_vqa_node. Generated from prune2drive_ros/ros/parameters.py; regenerate with",
-        "#   python -m prune2drive_ros.ros.parameters > config/drive_vqa.yaml",
-        "# Load with:",
-        "#   ros2 run prune2drive_ros drive_vqa_node --ros-args --params-file config/drive_vqa.yaml",
-        "# Launch arguments of drive_vqa.launch.py override the matching entries here.",
-        "/**:",
-        "  ros__parameters:",
-    ]
-    for spec in PARAMETERS:
-        lines.append(f"    # {_comment(spec)}")
-        if spec.default is None:
-            # ROS parameter files cannot type an empty list, so unset lists stay commented out.
-            lines.append(f"    # {spec.name}: {spec.example}")
-        elif isinstance(spec.default, list):
-            lines.append(f"    {spec.name}:")
-            lines += [f"      - {item}" for item in spec.default]
-        else:
-            lines.append(f"    {spec.name}: {_yaml_value(spec.default)}")
-    return "\n".join(lines) + "\n"
+    def values(self) -> dict[str, Any]:
+        return {name: self.value(name) for name in self.names}
 
+    def problems(self) -> list[str]:
+        """Why configure cannot proceed: rejected start-up values and invalid current ones, each with its fix."""
+        out = list(self.errors.values())
+        for name in self.names:
+            reason = None if name in self.errors else check(name, self.value(name))
+            if reason is not None:
+                out.append(f"{reason}. To fix: {fix_hint(self._node.get_name(), name)}")
+        return out
 
-if __name__ == "__main__":
-    sys.stdout.write(render_yaml())
+    def _coerce(self, params: list[Parameter]) -> list[Parameter]:
+        out = []
+        for p in params:
+            spec, value = BY_PARAM.get(p.name), coerce(p.name, p.value)
+            out.append(p if spec is None or value is p.value else Parameter(p.name, _ROS_TYPES[spec.kind], value))
+        return out
+
+    def _check(self, params: Sequence[Parameter]) -> SetParametersResult:
+        """Reject invalid values with the reason (read-only ones never get here: rclpy refuses them)."""
+        for p in params:
+            reason = check(p.name, coerce(p.name, p.value))
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+        if self.apply_on_set:
+            self._changed({p.name: p.value for p in params})
+        return SetParametersResult(successful=True)
+
+    def _changed(self, changed: Mapping[str, Any]) -> None:
+        values = {name: coerce(name, value) for name, value in changed.items()}
+        values = {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
+        for name in values:
+            if self.errors.pop(name, None) is not None:
+                self._node.get_logger().info(f"{name} is valid now ({values[name]!r}); configure can proceed")
+        self._on_change(values)

@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prune2drive_ros import settings
 from prune2drive_ros.cameras import NUM_CAMERAS
 
 NS_PER_S = 1_000_000_000
@@ -125,8 +126,8 @@ class Synchronizer:
         self,
         num_streams: int = NUM_CAMERAS,
         *,
-        slop: float = 0.08,
-        queue_size: int = 10,
+        slop: float = settings.default("sync_slop_s"),
+        queue_size: int = settings.default("sync_queue_size"),
         jump_threshold: float = 0.25,
         straggler_window: float = 1.0,
         late_reset_s: float = 1.0,

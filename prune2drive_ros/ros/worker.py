@@ -16,7 +16,12 @@ questions over; this thread does the decoding and the model work.
   So the questions of a bag's last keyframe are still answered after the replay ends, and a question
   is never answered on a view older than the one the asker saw.
 - Every question ends in exactly one of ``on_answer`` or ``on_question_dropped`` (with a reason): overflow,
-  no camera set in time, a failed inference, or the worker stopping.
+  no camera set in time, a failed inference, cancelled, stale (its newest set older than
+  ``max_answer_age_s`` when its inference would start), or the worker stopping.
+- ``cancel`` drops the named questions (or all) while they wait, and stops them while they decode: the
+  runner's progress hook asks at every decode step which questions to stop, so a cancelled question,
+  or every question on ``stop``, frees the worker within a step. ``on_tokens`` hears each question's
+  tokens so far at every step (for streaming).
 - The decoded images of the last set are kept, so more questions on the same set skip decoding.
 - Budget changes are applied between inferences, never during one.
 """
@@ -27,12 +32,13 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from prune2drive_ros import settings
 from prune2drive_ros.ros.image_codec import ImageDecodeError
 from prune2drive_ros.ros.synchronizer import SyncedSet
 
@@ -53,7 +59,7 @@ class Question:
 
 @dataclass
 class AnswerEvent:
-    question: str
+    question: Question
     answer: Any
     """``prune2drive_ros.vlm.Answer``."""
     synced: SyncedSet = field(repr=False)
@@ -62,8 +68,6 @@ class AnswerEvent:
     batch_size: int
     set_age_ms: float
     """From the set's completion to the start of its inference."""
-    question_id: int = 0
-    source: str = LIVE
     wait_ms: float = 0.0
     """From the question's arrival to the start of its inference."""
 
@@ -76,22 +80,27 @@ class InferenceWorker:
         *,
         on_answer: Callable[[AnswerEvent], None],
         on_drop: Callable[[str, str], None],
-        on_question_dropped: Callable[[Question, str, str], None] | None = None,
+        on_question_dropped: Callable[[Question, str, str, Any], None] | None = None,
+        on_tokens: Callable[[Question, list[int]], None] | None = None,
         max_questions: int = 16,
         max_replay_questions: int | None = None,
         max_batch: int = 8,
         max_set_age_s: float = 1.0,
         question_timeout_s: float = 30.0,
+        max_answer_age_s: float = settings.default("max_answer_age_s"),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``on_drop(reason, message)`` counts every drop; ``on_question_dropped(question, reason, message)``
-        also hears which question it was (the worker calls it after ``on_drop``)."""
+        """``on_drop(reason, message)`` counts every drop; ``on_question_dropped(question, reason, message,
+        partial)`` also hears which question it was (after ``on_drop``; ``partial`` is the ``Answer`` so far of
+        a question stopped while it decoded, else None). ``on_tokens(question, tokens)`` runs at every decode step."""
         self.runner = runner
         self._decode = decode
         self._on_answer = on_answer
         self._on_drop = on_drop
         self._on_question_dropped = on_question_dropped
+        self._on_tokens = on_tokens
         self.max_batch = max_batch
+        self.max_answer_age_s = max_answer_age_s
         self.max_set_age_s = max_set_age_s
         self.question_timeout_s = question_timeout_s
         self._clock = clock
@@ -110,6 +119,11 @@ class InferenceWorker:
         self._budgets: dict[str, Any] | None = None
         self._busy = False
         self._stop = False
+        self._stop_reason = "shutdown"
+        self._running: dict[int, Question] = {}
+        self._cancelled: set[int] = set()
+        self._inputs = 0  # inputs so far; the thread notes how many it has looked at when it parks
+        self._parked_at = -1
         self._thread: threading.Thread | None = None
         self.answers = 0
         self.inferences = 0
@@ -127,13 +141,16 @@ class InferenceWorker:
             self._thread = threading.Thread(target=self._run, name="drive_vqa_inference", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Stop after the current inference; False if it is still running after ``timeout`` seconds.
+    def stop(self, timeout: float = 30.0, reason: str = "shutdown") -> bool:
+        """Stop; False if an inference is still running after ``timeout`` seconds.
 
-        Idempotent and bounded: call it again to wait more. An inference cannot be interrupted, so a
-        False means the runner is still in use and must not be closed yet.
+        Questions being decoded stop at the next decode step and are dropped with ``reason``; vision and
+        prefill run to their end. Idempotent and bounded: call it again to wait more. A False means the
+        runner is still in use and must not be closed yet.
         """
         with self._cond:
+            if not self._stop:
+                self._stop_reason = reason
             self._stop = True
             self._cond.notify_all()
             thread = self._thread
@@ -158,6 +175,43 @@ class InferenceWorker:
             self._dropped(question, reason, message)
         return len(waiting)
 
+    def cancel(self, ids: Collection[int] | None = None) -> list[int]:
+        """Cancel the questions with these ids (None: all), waiting or being decoded; returns the ids found.
+
+        Waiting ones are dropped now; ones being decoded stop at the next step and are dropped then, both
+        with reason ``cancelled``. Other questions are not affected."""
+        with self._cond:
+            waiting = []
+            for queue in self._queues.values():
+                keep = [q for q in queue if ids is not None and q.id not in ids]
+                waiting += [q for q in queue if ids is None or q.id in ids]
+                queue.clear()
+                queue.extend(keep)
+            running = [i for i in self._running if ids is None or i in ids]
+            self._cancelled.update(running)
+            self._inputs += 1
+        for question in waiting:
+            self._dropped(question, "cancelled", "cancelled while it waited")
+        return [q.id for q in waiting] + running
+
+    def wake(self) -> None:
+        """Look at the queues again now (after a clock jump: a fake clock in tests, a resumed process)."""
+        with self._cond:
+            self._inputs += 1
+            self._cond.notify_all()
+
+    def settled(self, timeout: float = 10.0) -> bool:
+        """Wait until the thread has handled every input so far and waits for more (tests use it to check
+        that nothing happens, without sleeping)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not (self._parked_at == self._inputs and not self._busy):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.running:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -172,12 +226,14 @@ class InferenceWorker:
             self._latest_serial += 1
             self._latest_used = False
             self.sets_in += 1
+            self._inputs += 1
             self._cond.notify()
 
     def forget_set(self) -> None:
         """Drop the held set (time ran backwards: it belongs to another timeline); questions wait."""
         with self._cond:
             self._latest = None
+            self._inputs += 1
 
     def ask(self, question: str | Question, source: str = LIVE) -> Question:
         """Queue a question (text or a ready ``Question``); returns it, with its id."""
@@ -189,6 +245,7 @@ class InferenceWorker:
             if len(queue) == queue.maxlen:
                 dropped = queue.popleft()
             queue.append(question)
+            self._inputs += 1
             self._cond.notify()
         if dropped is not None:
             self._dropped(dropped, "question_overflow",
@@ -203,6 +260,7 @@ class InferenceWorker:
         with self._cond:
             if self._standing:
                 self._standing_due = True
+                self._inputs += 1
                 self._cond.notify()
 
     def set_budgets(self, retain: float | None, view_ratios: Sequence[float] | None) -> None:
@@ -231,13 +289,13 @@ class InferenceWorker:
                 "question_queue_depth.replay": len(self._queues[REPLAY]),
             }
 
-    def _dropped(self, question: Question, reason: str, message: str) -> None:
+    def _dropped(self, question: Question, reason: str, message: str, partial: Any = None) -> None:
         """Count and report one question that will not be answered (call without the lock)."""
         with self._cond:
             self.questions_dropped += 1
         self._on_drop(reason, f"question #{question.id} {question.text[:60]!r} dropped: {message}")
         if self._on_question_dropped is not None:
-            self._on_question_dropped(question, reason, message)
+            self._on_question_dropped(question, reason, message, partial)
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -278,6 +336,8 @@ class InferenceWorker:
             with self._cond:
                 expired: list[Question] = []
                 while not self._stop and not self._ready():
+                    self._parked_at = self._inputs
+                    self._cond.notify_all()  # settled() waits for this
                     # Inputs and stop() notify; the timeout bounds a missed wake-up and paces the expiry.
                     self._cond.wait(timeout=0.25)
                     expired = self._expired()
@@ -297,10 +357,16 @@ class InferenceWorker:
                         now = self._clock()
                         standing = [Question(text, STANDING, now) for text in self._standing]
                         self._standing_due = False
+                stale = self._stale(synced)
+                if stale is not None:
+                    expired, pending, standing = pending + standing, [], []
                 self._busy = True
             for question in expired:
-                self._dropped(question, "no_camera_set",
-                              f"no synchronized camera set within {self.question_timeout_s:g} s")
+                if stale is None:
+                    self._dropped(question, "no_camera_set",
+                                  f"no synchronized camera set within {self.question_timeout_s:g} s")
+                else:
+                    self._dropped(question, "stale", stale)
             try:
                 if budgets is not None:
                     self._apply_budgets(budgets)
@@ -311,6 +377,18 @@ class InferenceWorker:
             finally:
                 with self._cond:
                     self._busy = False
+                    self._running.clear()
+                    self._cancelled.clear()
+
+    def _stale(self, synced: SyncedSet | None) -> str | None:
+        """Why the set is too old to start an answer on (``max_answer_age_s``), or None."""
+        if synced is None or self.max_answer_age_s <= 0:
+            return None
+        age = self._clock() - synced.completed
+        if age <= self.max_answer_age_s:
+            return None
+        return f"the newest camera set was {age:.2f} s old when its inference would start (max_answer_age_s " \
+               f"{self.max_answer_age_s:g})"
 
     def _apply_budgets(self, budgets: dict[str, Any]) -> None:
         try:
@@ -364,8 +442,11 @@ class InferenceWorker:
             return
         images, decode_ms = decoded
         questions = pending + standing
+        with self._cond:
+            self._running = {q.id: q for q in questions}
         try:
-            answers = self.runner.answer(images, [q.text for q in questions], frame_key=("set", serial))
+            answers = self.runner.answer(images, [q.text for q in questions], frame_key=("set", serial),
+                                         on_progress=lambda tokens: self._progress(questions, tokens))
         except ValueError as exc:
             # Questions are checked before queueing, so this is the runner's token bound or a bug.
             for question in questions:
@@ -377,12 +458,32 @@ class InferenceWorker:
             return
         with self._cond:
             self.inferences += 1
-            self.answers += len(answers)
+            stopping, reason, cancelled = self._stop, self._stop_reason, set(self._cancelled)
         set_age_ms = (started - synced.completed) * 1000.0
         for question, answer in zip(questions, answers, strict=True):
+            if stopping or question.id in cancelled:
+                why = (reason, "the worker stopped while it was decoded") if stopping else (
+                    "cancelled", "cancelled while it was decoded")
+                self._dropped(question, *why, partial=answer)
+                continue
+            with self._cond:
+                self.answers += 1
             try:
-                self._on_answer(AnswerEvent(question.text, answer, synced, images, decode_ms, len(questions),
-                                            set_age_ms, question.id, question.source,
+                self._on_answer(AnswerEvent(question, answer, synced, images, decode_ms, len(questions), set_age_ms,
                                             (started - question.asked) * 1000.0))
             except Exception as exc:  # e.g. publishing while the node shuts down
                 self._on_drop("publish_error", f"{type(exc).__name__}: {exc}")
+
+    def _progress(self, questions: list[Question], tokens: Mapping[int, list[int]]) -> list[int]:
+        """The runner's per-step hook: stream the tokens, and name the questions to stop."""
+        with self._cond:
+            stop_all, cancelled = self._stop, set(self._cancelled)
+        stop = [i for i in tokens if stop_all or questions[i].id in cancelled]
+        if self._on_tokens is not None:
+            for i, seq in tokens.items():
+                if i not in stop:
+                    try:
+                        self._on_tokens(questions[i], seq)
+                    except Exception as exc:  # streaming must never break the answer
+                        self._on_drop("publish_error", f"stream: {type(exc).__name__}: {exc}")
+        return stop

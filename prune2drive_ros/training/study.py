@@ -2,13 +2,14 @@
 
 1. Writes two disjoint sets of test-bed scenes as DriveLM files: a held-out set (seed
    ``HELDOUT_SEED``, never used in training) and a search set for the budget search (another seed).
-2. ``prune2drive eval --compare`` on the held-out set: none, tfps, divprune, fastv, mvpruner, random
-   and pool at the retain ratios asked for (default 0.1 and 0.25).
+2. The evaluation ``prune2drive eval --compare`` runs (``eval.engine``, called directly) on the held-out
+   set: every method at the retain ratios asked for (default 0.1 and 0.25), each at its own layer.
 3. ``eval``'s bootstrap over questions gives a 95% interval for accuracy, match and the partial final
    score (no judge: GPT missing) of each run. Scoring uses ``--rules lenient`` (every question
    scored): the official rule skips questions that name objects the frame's first answer did not
    match, and the test bed has no "important objects" question to come first.
-4. ``prune2drive optimize`` searches per-camera ratios for T-FPS on the search set; the best ratios
+4. The budget search of ``prune2drive optimize`` (``optimize.run_trials``) finds per-camera ratios for
+   T-FPS on the search set; the best ratios
    and a uniform ratio with the same total budget (so the same FLOPs) are then evaluated on the
    held-out set, to show whether view-adaptive budgets beat uniform ones.
 5. Writes ``study.md`` (the tables), ``study.json`` and the plots ``testbed_quality_vs_flops.png`` and
@@ -30,22 +31,16 @@ from typing import Any
 
 import numpy as np
 
+from prune2drive_ros import settings
 from prune2drive_ros.cameras import CAMERA_NAMES
+from prune2drive_ros.settings import PRUNING_METHODS as METHODS
 from prune2drive_ros.training.testbed import HELDOUT_SEED
 
-METHODS = ("none", "tfps", "divprune", "fastv", "mvpruner", "random", "pool")
+STUDY_SETTINGS = ("device", "dtype", "vision_backend", "max_new_tokens")
+"""Runner settings the study takes as flags (their defaults: ``prune2drive_ros.settings``)."""
 SEARCH_SEED = HELDOUT_SEED + 1
 COLORS = {"none": "black", "tfps": "C3", "divprune": "C1", "fastv": "C0", "mvpruner": "C4", "random": "C7",
           "pool": "C2", "tfps-adaptive": "C5", "tfps-uniform": "C3"}
-
-
-def _cli(argv: list[str]) -> None:
-    from prune2drive_ros.cli import main
-
-    print("$ prune2drive " + " ".join(argv), flush=True)
-    code = main(argv)
-    if code:
-        raise RuntimeError(f"prune2drive {argv[0]} failed with exit code {code}")
 
 
 # ---------------------------------------------------------------- scores
@@ -147,7 +142,8 @@ def plot_adaptive(runs: dict[str, dict[str, Any]], ratios: list[float], path: Pa
 # ---------------------------------------------------------------- the study
 
 
-def cone_tokens_kept(model: str, scenes: int, methods: Sequence[str], retains: Sequence[float]) -> dict[str, list]:
+def cone_tokens_kept(model: str, scenes: int, methods: Sequence[str], retains: Sequence[float],
+                     runner_settings: dict[str, Any] | None = None) -> dict[str, list]:
     """Per method and retain ratio: [cone tokens kept, cone tokens] over the first ``scenes`` held-out scenes.
 
     This is the mechanism the scores rest on: a cone is about one token, and a method that drops it
@@ -160,8 +156,8 @@ def cone_tokens_kept(model: str, scenes: int, methods: Sequence[str], retains: S
     out: dict[str, list] = {}
     for method in methods:
         for retain in retains:
-            runner = VLMRunner.from_pretrained(model, pruning=method, retain=retain, device="cpu", dtype="float32",
-                                               max_new_tokens=1)
+            given = {**(runner_settings or {}), "max_new_tokens": 1}  # the kept tokens need no answer
+            runner = VLMRunner.from_pretrained(model, pruning=method, retain=retain, **given)
             grid = math.isqrt(runner.tokens_per_view)
             kept = total = 0
             for scene in drawn:
@@ -184,9 +180,15 @@ def _tokens_per_view(model: str) -> str:
 
 
 def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: str, trials: int, limit: int,
-          resamples: int, methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, Any]:
+          resamples: int, methods: Sequence[str] = METHODS, progress: bool = True,
+          runner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole study into ``out``; ``runner`` holds the runner settings of ``STUDY_SETTINGS`` (defaults from
+    ``prune2drive_ros.settings``)."""
     from prune2drive_ros.data.drivelm import load_drivelm
     from prune2drive_ros.data.testbed_scenes import write_drivelm_set
+    from prune2drive_ros.eval import optimize
+    from prune2drive_ros.eval.engine import compare_settings, evaluate_model
+    from prune2drive_ros.eval.report import write_report
 
     out.mkdir(parents=True, exist_ok=True)
     heldout = out / "heldout"
@@ -195,22 +197,36 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
         write_drivelm_set(heldout, scenes, HELDOUT_SEED, progress=progress)
     if not (search_set / "drivelm.json").is_file():
         write_drivelm_set(search_set, search_scenes, SEARCH_SEED, progress=progress)
+    chosen = {name: settings.default(name) for name in settings.CLI_SETTINGS} | (runner or {})
+    heldout_set = load_drivelm(heldout / "drivelm.json")
     # Lenient rules: the test bed has no DriveLM "important objects" first question, so the official rule
     # that skips questions naming unmatched objects would drop every tagged-vehicle question.
-    common = ["--model", model, "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "32", "--rules", "lenient"]
-    scoring = ["--bootstrap", str(resamples)]
-    quiet = [] if progress else ["--no-progress"]
-    _cli(["eval", *common, "--drivelm", str(heldout / "drivelm.json"), "--out", str(out / "compare"),
-          "--compare", ",".join(methods), "--compare-retain", retains, *scoring, *quiet])
-    _cli(["optimize", *common, "--drivelm", str(search_set / "drivelm.json"), "--out", str(out / "optimize"),
-          "--trials", str(trials), "--limit", str(limit), "--pruning", "tfps", "--seed", "0", *quiet])
-    best = json.loads((out / "optimize" / "study.json").read_text())
+    scoring = {"rules": "lenient", "resamples": resamples, "progress": progress}
+
+    def evaluate(name: str, runner_settings: dict[str, Any], folder: Path) -> None:
+        print(f"== {name}", flush=True)
+        evaluate_model(heldout_set, model, runner_settings, folder, drivelm=str(heldout / "drivelm.json"), **scoring)
+
+    retain_list = [float(r) for r in retains.split(",")]
+    compared = compare_settings(methods, retain_list, chosen)
+    for name, runner_settings in compared:
+        evaluate(name, runner_settings, out / "compare" / name)
+    write_report([out / "compare" / name for name, _ in compared], out / "compare")
+
+    print(f"== budget search: T-FPS on {search_set}, {trials} trials of {limit} questions", flush=True)
+    searched = {**chosen, "pruning": "tfps", "prune_layer": settings.prune_layer_for("tfps")}
+    searched.pop("view_ratios", None)
+    storage = f"sqlite:///{(out / 'optimize').resolve() / 'study.db'}"
+    (out / "optimize").mkdir(parents=True, exist_ok=True)
+    optimize.run_trials(load_drivelm(search_set / "drivelm.json").limit(limit), model, searched, storage,
+                        optimize.STUDY_NAME, 0, trials, lam=optimize.LAMBDA, lo=optimize.RATIO_RANGE[0],
+                        hi=optimize.RATIO_RANGE[1], rules="lenient", progress=progress)
+    best = optimize.write_outputs(optimize.open_study(storage, optimize.STUDY_NAME, 0), out / "optimize", "tfps",
+                                  searched["prune_layer"], optimize.LAMBDA)
     ratios = [float(best["view_ratios"][cam]) for cam in CAMERA_NAMES]
-    _cli(["eval", *common, "--drivelm", str(heldout / "drivelm.json"), "--out", str(out / "adaptive"),
-          "--pruning", "tfps", "--view-ratios", *[f"{r:.6f}" for r in ratios], *scoring, *quiet])
+    evaluate("tfps-adaptive", {**searched, "view_ratios": ratios}, out / "adaptive")
     uniform = float(np.mean(ratios))
-    _cli(["eval", *common, "--drivelm", str(heldout / "drivelm.json"), "--out", str(out / "uniform"),
-          "--pruning", "tfps", "--retain", f"{uniform:.6f}", *scoring, *quiet])
+    evaluate("tfps-uniform", {**searched, "retain": uniform, "view_ratios": None}, out / "uniform")
 
     questions = list(load_drivelm(heldout / "drivelm.json").questions())
     runs = {p.name: run_scores(p) for p in sorted((out / "compare").iterdir()) if (p / "metrics.json").is_file()}
@@ -234,7 +250,7 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
     comparisons["tfps-adaptive vs tfps-uniform"] = separated(adaptive["tfps-adaptive"], adaptive["tfps-uniform"])
     # MVPruner's second stage reselects per question, so one question's selection would not describe it.
     pruning_methods = [m for m in methods if m not in ("none", "mvpruner")]
-    kept = cone_tokens_kept(model, scenes, pruning_methods, [float(r) for r in retains.split(",")])
+    kept = cone_tokens_kept(model, scenes, pruning_methods, retain_list, {k: chosen[k] for k in STUDY_SETTINGS})
 
     n_q = len(questions)
     title = (f"synthetic test bed (not DriveLM): {n_q} held-out questions, {_tokens_per_view(model)} tokens/view\n"
@@ -272,7 +288,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=24, help="TPE trials of the budget search (default 24)")
     parser.add_argument("--limit", type=int, default=80, help="questions per trial (default 80)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    settings.add_arguments(parser, ("weights",), weights={
+        "nargs": "+", "help": "instead of the pruning study: these language-model precisions (e.g. int8 int4) vs the "
+                              "model's own dtype at T-FPS and the first --retains ratio, paired (training/precision.py)"})
     parser.add_argument("--no-progress", action="store_true")
+    settings.add_arguments(parser, STUDY_SETTINGS)
     parser.set_defaults(default_model=shipped_testbed)
 
 
@@ -283,7 +303,21 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     random.seed(0)
+    if isinstance(args.weights, list):
+        return precision(args, str(model))
     study(args.out, str(model), scenes=args.scenes, search_scenes=args.search_scenes, retains=args.retains,
           trials=args.trials, limit=args.limit, resamples=args.resamples, methods=args.methods.split(","),
-          progress=not args.no_progress)
+          progress=not args.no_progress, runner=settings.from_args(args, STUDY_SETTINGS))
+    return 0
+
+
+def precision(args: argparse.Namespace, model: str) -> int:
+    from prune2drive_ros.data.testbed_scenes import write_drivelm_set
+    from prune2drive_ros.training.precision import precision_study
+
+    heldout = args.out / "heldout"
+    if not (heldout / "drivelm.json").is_file():
+        write_drivelm_set(heldout, args.scenes, HELDOUT_SEED, progress=not args.no_progress)
+    precision_study(args.out, model, args.weights, heldout, float(args.retains.split(",")[0]), args.resamples,
+                    settings.from_args(args, STUDY_SETTINGS), progress=not args.no_progress)
     return 0

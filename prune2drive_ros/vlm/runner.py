@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -31,8 +31,9 @@ from prune2drive_ros.cameras import NUM_CAMERAS
 from prune2drive_ros.pruning import get_pruner, layer_flops, view_budgets
 from prune2drive_ros.vlm.backends import make_vision_backend
 from prune2drive_ros.vlm.config import DEFAULT_MAX_QUESTION_TOKENS, RunnerConfig
-from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, ProgressHook, Sampler, question_buckets
+from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, Progress, Sampler, question_buckets
 from prune2drive_ros.vlm.graphs import Compiler, GraphSet, StagePaths, summary
+from prune2drive_ros.vlm.info import RunnerInfo
 from prune2drive_ros.vlm.kv_cache import StaticKVCache
 from prune2drive_ros.vlm.loading import load_checkpoint, resolve_device, resolve_dtype
 from prune2drive_ros.vlm.plan import PrunePlan
@@ -40,9 +41,26 @@ from prune2drive_ros.vlm.prefill import StaticPrefill, prefix_lengths
 from prune2drive_ros.vlm.preprocess import DEFAULT_MAX_IMAGE_SIDE, FrameUploader, ImageSpec, preprocess, validate_images
 from prune2drive_ros.vlm.prompt import IMAGE_PLACEHOLDER, split_prompt
 from prune2drive_ros.vlm.pruned_llm import Prefix, PrunedLanguageModel, VisualLayout
+from prune2drive_ros.vlm.quantize import FLOAT_WEIGHTS, QUANTIZED_WEIGHTS, check_weights
 from prune2drive_ros.vlm.vision import VisionEncoder
+from prune2drive_ros.vlm.weights_cache import load_or_quantize
 
 STAGES = ("preprocess", "vision", "prune", "prefill", "question", "decode")
+
+OnProgress = Callable[[Mapping[int, list[int]]], Iterable[int] | None]
+"""``VLMRunner.answer``'s ``on_progress({question index: tokens so far}) -> question indices to stop``."""
+
+
+def _shifted(on_progress: OnProgress | None, start: int) -> Progress | None:
+    """The decode loop's callback (rows of one batch) for questions ``start``, ``start + 1``, ... of the call."""
+    if on_progress is None:
+        return None
+
+    def report(tokens: list[list[int]]) -> list[int]:
+        stop = on_progress({start + row: seq for row, seq in enumerate(tokens)}) or ()
+        return [i - start for i in stop if start <= i < start + len(tokens)]
+
+    return report
 
 
 @dataclass
@@ -135,10 +153,13 @@ class VLMRunner:
         self.image_spec = image_spec
         self.eos_token_ids = list(eos_token_ids)
         self.device = next(model.parameters()).device
+        if config.weights in FLOAT_WEIGHTS:
+            model.to(FLOAT_WEIGHTS[config.weights])
         self.dtype = next(model.parameters()).dtype
-        self.llm = PrunedLanguageModel(model)
-        if not 0 <= config.prune_layer < self.llm.num_layers:
-            raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.prune_layer}")
+        self.llm = PrunedLanguageModel(model)  # fuses q/k/v and gate/up: quantization sees the fused linears
+        self.weights_source = self._quantize(model_dir)
+        if not 0 <= config.layer < self.llm.num_layers:
+            raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.layer}")
         self.pruner = get_pruner(config.pruning)
         self.max_new_tokens = config.max_new_tokens
         self.max_question_tokens = config.max_question_tokens or DEFAULT_MAX_QUESTION_TOKENS
@@ -170,14 +191,33 @@ class VLMRunner:
         self._static: StaticPrefill | None = None
         self._decode: DecodeBatch | None = None
         self.warmup_ms = 0.0
-        self.last_paths: dict[str, str] = {}
+        self.paths: dict[str, str] = {}
+        """Per-stage paths of the last answer, or of the warm-up (``RunnerInfo.paths``)."""
         self.set_budgets(retain=config.retain, view_ratios=config.view_ratios, warm_up=False)
+
+    # -- construction --------------------------------------------------------------------------
+    def _quantize(self, model_dir) -> str:
+        """Quantize the language model's weights as ``config.weights`` says (after the model is laid out
+        as the runtime calls it: q/k/v and gate/up fused); returns where they came from."""
+        weights = self.config.weights
+        check_weights(weights, self.device, self.dtype)
+        if weights not in QUANTIZED_WEIGHTS:
+            return "checkpoint"
+        source = load_or_quantize(self.model, weights, model_dir, self.config.engine_dir)
+        self.llm.lm_head = self.model.lm_head  # the CPU layers replace the module itself
+        self.llm.refresh()
+        return source
 
     @classmethod
     def from_config(cls, config: RunnerConfig, *, warm_up: bool = True) -> VLMRunner:
         """Load ``config.model`` and build the runner; on a GPU, capture its graphs before returning."""
         device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
+        float_weights = config.weights if config.weights in FLOAT_WEIGHTS else None
+        if float_weights and config.dtype not in (None, "", "auto") and \
+                resolve_dtype(config.dtype, device) != FLOAT_WEIGHTS[float_weights]:
+            raise ValueError(f"weights={config.weights} and dtype={config.dtype} disagree; set one of them")
+        dtype = resolve_dtype(config.dtype if config.dtype not in (None, "", "auto") else float_weights, device)
+        check_weights(config.weights, device, dtype)  # before minutes of loading
         loaded = load_checkpoint(config.model, device, dtype)
         spec = ImageSpec.from_checkpoint(loaded.folder, loaded.model.config.vision_config.image_size)
         if loaded.aspect_ratio is not None:
@@ -231,11 +271,12 @@ class VLMRunner:
     def set_pruning(self, method: str) -> None:
         """Switch the pruning method on the same weights and budgets (benchmarks compare methods so)."""
         self.pruner = get_pruner(method)
+        self.config = self.config.replace(pruning=method)  # a -1 prune_layer follows the method
         self._replan(warm_up=True)
 
     def _replan(self, warm_up: bool) -> None:
         """Size the buffers of the current pruner and budgets and, on a GPU, capture their graphs now."""
-        self.plan = PrunePlan.describe(self.pruner, self.budgets, self.config.prune_layer, self.llm.num_layers,
+        self.plan = PrunePlan.describe(self.pruner, self.budgets, self.config.layer, self.llm.num_layers,
                                        self.tokens_per_view)
         self._prefix = self._static = self._decode = None
         self.graphs.failures.clear()  # a new plan's captures get their own chance
@@ -250,7 +291,7 @@ class VLMRunner:
             self._static = StaticPrefill(self.llm, self.layout, self.plan, self.pruner, self.graphs, cache,
                                          self.tfps_precision)
             self._decode = DecodeBatch(self.llm, cache, self.layout.length, self.question_buckets, new_tokens,
-                                       self.eos_token_ids, self.sampler, self.graphs)
+                                       self.sampler, self.graphs)
         if warm_up and self.graphs.enabled:
             self.warm_up()
 
@@ -289,10 +330,13 @@ class VLMRunner:
         """The prefilled visual prefix of the last frame set (None before the first answer)."""
         return self._prefix
 
-    @property
-    def paths(self) -> dict[str, str]:
-        """How each stage ran in the last answer (or in the warm-up): ``Answer.paths``."""
-        return dict(self.last_paths)
+    def info(self) -> RunnerInfo:
+        """What this runner is: device, dtype, vision backend and why, pruning, paths, warm-up time."""
+        return RunnerInfo(
+            model=self.config.model, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."),
+            vision_backend=self.vision.name, vision_reason=self.vision.reason, pruning=self.config.pruning,
+            prune_layer=self.config.layer, budgets=tuple(self.budgets), tokens_per_view=self.tokens_per_view,
+            max_new_tokens=self.max_new_tokens, warmup_ms=self.warmup_ms, paths=dict(self.paths))
 
     # -- input checks --------------------------------------------------------------------------
     def _question_ids(self, questions: Sequence[str]) -> list[list[int]]:
@@ -323,12 +367,12 @@ class VLMRunner:
     # -- the main entry point ------------------------------------------------------------------
     @torch.inference_mode()
     def answer(self, images: Sequence[np.ndarray], questions, *, frame_key: Hashable | None = None,
-               max_new_tokens: int | None = None, on_progress: ProgressHook | None = None) -> list[Answer]:
+               max_new_tokens: int | None = None, on_progress: OnProgress | None = None) -> list[Answer]:
         """Answer ``questions`` about one synchronized set of six RGB views (camera order).
 
         ``max_new_tokens``: at most the configured ``max_new_tokens`` (the buffers are sized for it).
-        ``on_progress``: called at the decode loop's stop checks with every question's tokens so far; it returns
-        the indices of the questions to stop there (or None).
+        ``on_progress({question index: tokens so far})``, called at every decode step of a batch, returns
+        the indices of questions to stop (or None): their answers end with the tokens they have.
         """
         validate_images(images, self.max_image_side)
         suffixes = self._question_ids(questions)
@@ -358,7 +402,8 @@ class VLMRunner:
                 prefix = self._prefix
             results: list[list[int]] = []
             for start in range(0, len(suffixes), BATCH_BUCKETS[-1]):
-                results += self._answer_on_prefix(suffixes, start, new_tokens, timer, paths, on_progress, results)
+                results += self._answer_on_prefix(suffixes[start : start + BATCH_BUCKETS[-1]], new_tokens, timer,
+                                                  paths, _shifted(on_progress, start))
             self._check_finite()
             prefix.key = key
             self._prefix = prefix
@@ -366,8 +411,8 @@ class VLMRunner:
             shared = [reused or i > 0 for i in range(len(suffixes))]
         else:
             results, prefills = [], []
-            for ids in suffixes:
-                result, prefill = self._answer_alone(ids, new_tokens, timer, paths)
+            for i, ids in enumerate(suffixes):
+                result, prefill = self._answer_alone(ids, new_tokens, timer, paths, _shifted(on_progress, i))
                 results.append(result)
                 prefills.append(prefill)
             shared = [False] * len(suffixes)
@@ -376,8 +421,8 @@ class VLMRunner:
         measured = timer.ms  # after the tokens' host read: reading the events waits for nothing
         timings = {k: measured.get(k, 0.0) for k in STAGES}
         timings["total"] = total_ms
-        self.last_paths = paths.resolve()
-        return [self._make_answer(tokens, prefill, len(suffix), timings, reuse, self.last_paths)
+        self.paths = paths.resolve()
+        return [self._make_answer(tokens, prefill, len(suffix), timings, reuse, self.paths)
                 for tokens, prefill, suffix, reuse in zip(results, prefills, suffixes, shared)]
 
     # -- steps ---------------------------------------------------------------------------------
@@ -402,23 +447,17 @@ class VLMRunner:
         if self.plan.graph_selection and not bool(self._static.finite):
             raise ValueError("features contain NaN or inf values; token pruning needs finite features")
 
-    def _answer_on_prefix(self, suffixes: list[list[int]], start: int, new_tokens: int, timer: StageTimer,
-                          paths: StagePaths, on_progress: ProgressHook | None, done: list[list[int]]):
-        """Questions ``[start, start + 8)`` prefilled on the shared prefix at once, then decoded as one batch."""
-        chunk = suffixes[start : start + BATCH_BUCKETS[-1]]
+    def _answer_on_prefix(self, chunk: list[list[int]], new_tokens: int, timer: StageTimer, paths: StagePaths,
+                          on_progress: Progress | None) -> list[list[int]]:
+        """Up to eight questions prefilled on the shared prefix at once, then decoded as one batch."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        hook = None
-        if on_progress is not None:  # the hook sees every question; this chunk's indices map back
-            def hook(so_far: list[list[int]]):
-                pending = [[] for _ in suffixes[start + len(chunk):]]
-                stop = on_progress([*done, *so_far, *pending]) or ()
-                return [i - start for i in stop if start <= i < start + len(chunk)]
         with timer.stage("question"):
-            rows, width = self._decode.start(chunk, pad, paths)
+            rows, width = self._decode.start(chunk, pad, self.eos_token_ids, paths)
         with timer.stage("decode"):
-            return self._decode.generate(rows, width, len(chunk), new_tokens, self.eos_token_ids, paths, hook)
+            return self._decode.generate(rows, width, len(chunk), new_tokens, self.eos_token_ids, paths, on_progress)
 
-    def _answer_alone(self, suffix: list[int], new_tokens: int, timer: StageTimer, paths: StagePaths):
+    def _answer_alone(self, suffix: list[int], new_tokens: int, timer: StageTimer, paths: StagePaths,
+                      on_progress: Progress | None):
         """Question-dependent pruning: the whole prompt is prefilled (and pruned) for this question, eagerly."""
         ids = torch.tensor(suffix, device=self.device)
         embeds = torch.cat([self.embeds, self.llm.embed_tokens(ids[None])], dim=1)
@@ -433,11 +472,15 @@ class VLMRunner:
                                        timer=timer)
         with timer.stage("decode"):
             cache = StaticKVCache.on_prefix(prefill.keys, prefill.values, 1, max(new_tokens, 4))
-            batch = DecodeBatch(self.llm, cache, prefill.prompt_length, (), new_tokens, self.eos_token_ids,
-                                self.sampler, GraphSet(False, off_reason=why))
-            rows, width = batch.start_after_prompt(prefill)
-            tokens = batch.generate(rows, width, 1, new_tokens, self.eos_token_ids)[0]
+            batch = DecodeBatch(self.llm, cache, prefill.prompt_length, (), new_tokens, self.sampler,
+                                GraphSet(False, off_reason=why))
+            rows, width = batch.start_after_prompt(prefill, self.eos_token_ids)
+            tokens = batch.generate(rows, width, 1, new_tokens, self.eos_token_ids, on_progress=on_progress)[0]
         return tokens, prefill
+
+    def text(self, tokens: Sequence[int]) -> str:
+        """The answer text of generated token ids (stop tokens and special tokens left out)."""
+        return self._text(list(tokens))
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode([t for t in tokens if t not in self.eos_token_ids], skip_special_tokens=True).strip()
