@@ -237,6 +237,7 @@ def test_torchao_weights_on_cuda_capture_graphs_like_bf16_and_cache(tiny_model, 
     reference = bf16.answer(images, QUESTIONS)
     answers = quantized.answer(images, QUESTIONS)
     assert {a.path for a in answers} == {a.path for a in reference} == {"cuda-graph"}
+    assert [a.paths for a in answers] == [a.paths for a in reference]  # every stage captured, as in bf16
     assert all(a.token_ids for a in answers)
     assert Q.language_model_bytes(quantized.model) < Q.language_model_bytes(bf16.model)
     # eager and graphed agree in this precision
