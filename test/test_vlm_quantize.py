@@ -9,14 +9,12 @@ import shutil
 
 import pytest
 import torch
-from test_vlm_static import QUESTIONS, _images
+from test_vlm_static import QUESTIONS, _images, cuda
 from torch import nn
 
 from prune2drive_ros.vlm import RunnerConfig, VLMRunner
 from prune2drive_ros.vlm import quantize as Q
 from prune2drive_ros.vlm.weights_cache import checkpoint_digest
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _linear(n: int, k: int, bias: bool = True) -> nn.Linear:
@@ -85,7 +83,7 @@ def test_quantized_test_bed_is_smaller_and_close_to_full_precision(repo, tmp_pat
 
     @torch.no_grad()
     def last_logits(runner) -> torch.Tensor:
-        hidden = runner.llm.run_prompt(embeds, positions, 0, runner.llm.num_layers, lambda *_: None)
+        hidden = runner.llm.run_prompt(embeds, positions, 0, runner.llm.num_layers, lambda *kv: None)
         return runner.llm.logits(hidden[:, -1])
 
     reference = last_logits(full)
@@ -175,13 +173,13 @@ def test_torchao_int8_path_quantizes_caches_and_reloads_on_cpu(tiny_model, tmp_p
     monkeypatch.setattr(weights_cache, "uses_torchao", lambda device: True)
     settings = dict(weights="int8", pruning="tfps", retain=0.25, max_new_tokens=6, engine_dir=str(tmp_path))
     first = VLMRunner.from_pretrained(tiny_model, **settings)
-    weight = first.model.model.language_model.layers[0].self_attn.q_proj.weight
+    weight = first.model.model.language_model.layers[0].self_attn.qkv_proj.weight
     assert type(weight).__name__ == "Int8Tensor" and type(first.model.lm_head.weight).__name__ == "Int8Tensor"
     assert Q.language_model_bytes(first.model) < Q.language_model_bytes(VLMRunner.from_pretrained(tiny_model).model) / 2
     tokens = [a.token_ids for a in first.answer(_images(6), QUESTIONS)]
     second = VLMRunner.from_pretrained(tiny_model, **settings)
     assert second.weights_source == "cache"
-    assert type(second.model.model.language_model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+    assert type(second.model.model.language_model.layers[0].self_attn.qkv_proj.weight).__name__ == "Int8Tensor"
     assert [a.token_ids for a in second.answer(_images(6), QUESTIONS)] == tokens
 
 
@@ -239,6 +237,7 @@ def test_torchao_weights_on_cuda_capture_graphs_like_bf16_and_cache(tiny_model, 
     reference = bf16.answer(images, QUESTIONS)
     answers = quantized.answer(images, QUESTIONS)
     assert {a.path for a in answers} == {a.path for a in reference} == {"cuda-graph"}
+    assert [a.paths for a in answers] == [a.paths for a in reference]  # every stage captured, as in bf16
     assert all(a.token_ids for a in answers)
     assert Q.language_model_bytes(quantized.model) < Q.language_model_bytes(bf16.model)
     # eager and graphed agree in this precision
