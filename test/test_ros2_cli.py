@@ -232,6 +232,25 @@ class TestLaunch:
             echo.ctrl_c(30)
             echo.kill()
 
+    def test_the_answer_stream_and_cancel_lines(self, shell, launch) -> None:
+        """The README's `ros2 topic echo /vlm/answer_stream ...` and `ros2 topic pub --once /vlm/cancel ...`."""
+        echo = shell.start("stream", shell.ros2_exe, "topic", "echo", "--full-length", "/vlm/answer_stream",
+                           "std_msgs/msg/String")
+        try:
+            deadline = time.monotonic() + 150
+            while '"done":true' not in echo.text() and time.monotonic() < deadline:
+                pub = shell.ros2("topic", "pub", "--once", "/vlm/question", "std_msgs/msg/String",
+                                 f"data: '{QUESTION}'")
+                assert "publishing #1" in pub.stdout, pub.stdout
+                wait_for(lambda: '"done":true' in echo.text(), 30, period=0.2)
+            assert '"done":true' in echo.text(), f"{echo.text()}\n--- launch log:\n{launch.text()}"
+        finally:
+            echo.ctrl_c(30)
+            echo.kill()
+        pub = shell.ros2("topic", "pub", "--once", "/vlm/cancel", "std_msgs/msg/String", "data: 'all'")
+        assert "publishing #1" in pub.stdout, pub.stdout
+        assert wait_for(lambda: "cancel all:" in launch.text(), 30, period=0.2), launch.text()
+
     def test_ctrl_c_finishes_the_node_cleanly(self, launch) -> None:
         code = launch.ctrl_c(30)
         text = launch.text()
