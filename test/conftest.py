@@ -81,8 +81,8 @@ def tiny_qwen_model(tmp_path_factory) -> Path:
 
 
 # What setup.py needs to build the package; copied so that parallel runs never share a build/ folder.
-_BUILD_INPUTS = ["setup.py", "setup.cfg", "pyproject.toml", "package.xml", "README.md", "resource", "launch", "config", "models",
-                 "prune2drive_ros"]
+_BUILD_INPUTS = ["setup.py", "setup.cfg", "pyproject.toml", "package.xml", "README.md", "resource", "launch", "config",
+                 "models", "prune2drive_ros"]
 
 
 @dataclass(frozen=True)
