@@ -66,7 +66,11 @@ setup(
             "onnx>=1.16",
             "onnxruntime>=1.18",
             "uv>=0.5",  # docker/check_images.py resolves the images' pip sets with it
+            "torchao==0.18.0",  # the torch 2.13 release's pair: the torchao cache path is tested on CPU (int8)
         ],
+        # weights=int8|int4|fp8 on CUDA (torchao's tensor subclasses; CPU needs nothing extra). 0.16 is
+        # the first with Int8Tensor and the safetensors helpers; pair it with your torch (0.16: 2.10).
+        "quant": ["torchao>=0.16"],
         # convert-nuscenes, play and the demo: rosbag2 files and nuScenes tables without a ROS install.
         "nuscenes": ["rosbags>=0.10", "nuscenes-devkit>=1.1.11"],
         "eval": ["pycocoevalcap>=1.2", "optuna>=3.6", "matplotlib>=3.7", "rosbags>=0.10", "nuscenes-devkit>=1.1.11"],

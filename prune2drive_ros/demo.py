@@ -35,7 +35,8 @@ CHUNK = 8
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prune2drive"
 GROUP_TIMEOUT_S = 120.0
 RELEASE_TIMEOUT_S = 0.5
-DEMO_SETTINGS = ("pruning", "retain", "prune_layer", "vision_backend", "device", "dtype", "max_new_tokens")
+DEMO_SETTINGS = ("pruning", "retain", "prune_layer", "vision_backend", "device", "dtype", "weights",
+                 "max_new_tokens")
 """The node settings the demo takes as flags (their defaults: ``prune2drive_ros.settings``)."""
 
 

@@ -172,6 +172,24 @@ def vision_backend_line() -> Check:
     return Check("vision", True, f"'tensorrt' requested -> {chosen} ({reason})")
 
 
+def weights_line() -> Check:
+    """Which ``weights`` precisions each device here runs (and, for the others, why not)."""
+    try:
+        import torch
+
+        from prune2drive_ros.vlm.quantize import WEIGHT_CHOICES, torchao_version, weights_problem
+    except Exception as exc:
+        return Check("weights", False, f"cannot tell ({type(exc).__name__}: {exc})".splitlines()[0])
+    devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] or [torch.device("cpu")]
+    parts = []
+    for device in devices:
+        problems = {w: weights_problem(w, device) for w in WEIGHT_CHOICES[1:]}
+        no = "; ".join(f"not {w}: {why}" for w, why in problems.items() if why)
+        parts.append(f"{device}: {', '.join(w for w, why in problems.items() if why is None)}" + (f" ({no})" if no else ""))
+    ao = torchao_version()
+    return Check("weights", True, " | ".join(parts) + f"; torchao {ao or 'not installed'}")
+
+
 def run_checks() -> list[Check]:
     checks = [check_python(), *check_torch()]
     checks += [
@@ -184,6 +202,7 @@ def run_checks() -> list[Check]:
         check_tensorrt(),
         check_module("onnxruntime", "onnxruntime", missing="vision backend falls back to torch"),
         vision_backend_line(),
+        weights_line(),
     ]
     return checks
 

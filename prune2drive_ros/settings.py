@@ -44,7 +44,10 @@ VISION_BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 along tensorrt -> onnxruntime -> torch."""
 FALLBACK_CHAIN = VISION_BACKENDS[1:]
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+WEIGHT_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8", "int4", "fp8")
+"""Language-model weights: ``auto`` keeps the model dtype; int8 / int4 / fp8 are weight-only (vlm/quantize.py)."""
 CUDA_GRAPH_MODES = ("auto", "on", "off")
+COMPILE_MODES = ("auto", "on", "off")
 TRANSPORTS = ("compressed", "raw")
 RELIABILITIES = ("best_effort", "reliable")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -176,6 +179,9 @@ SETTINGS: tuple[Setting, ...] = (
             runner=True, node=True, cli=True),
     Setting("dtype", STRING, "auto", "model dtype; auto = bf16 (fp16 without bf16) on CUDA, fp32 on CPU",
             choices=DTYPES, runner=True, node=True, cli=True),
+    Setting("weights", STRING, "auto", "language-model weights: auto = the model dtype; int8 | int4 | fp8 are "
+            "weight-only quantized at start (cached in engine_dir), the vision tower stays in the model dtype",
+            choices=WEIGHT_CHOICES, runner=True, node=True, cli=True),
     Setting("max_new_tokens", INTEGER, 64, "answer length cap in tokens", low=1, high=4096,
             runner=True, node=True, cli=True),
     Setting("temperature", DOUBLE, 0.0, "sampling temperature; 0 = greedy", low=0.0, high=100.0, runner=True),
@@ -187,6 +193,9 @@ SETTINGS: tuple[Setting, ...] = (
             low=0, high=65536, runner=True),
     Setting("cuda_graphs", STRING, "auto", "auto: capture on CUDA, eager elsewhere; off: always eager; on: like "
             "auto, but a failed capture raises", choices=CUDA_GRAPH_MODES, runner=True),
+    Setting("compile", STRING, "auto", "torch.compile (inductor) of the fused layer functions before capture; auto: on "
+            "CUDA where Triton is installed, falling back to uncompiled layers if compiling fails; on: everywhere "
+            "(CPU: inductor's C++ backend), a failure raises; off: never", choices=COMPILE_MODES, runner=True),
     # -- the node -------------------------------------------------------------------------------
     Setting("camera_topics", STRING_ARRAY, default_topics("compressed"),
             "six image topics in DriveMM camera order; left at these defaults they follow image_transport "

@@ -64,6 +64,7 @@ def _h100_rows(device: str = "NVIDIA H100 80GB HBM3", **changes) -> list[Row]:
         "ttft_ms": 30.0, "question_ms": 4.0, "pre_vision_ms": 9.0, "prune_layer": 1.0, "layers": 32.0,
         "tail_flops_ratio": 9.0, "decode_b1_ms": 6.5, "decode_b8_ms": 8.0, "dense_ttft_ms": 150.0,
         "dense_question_ms": 5.0, "dense_pre_vision_ms": 9.0, "generate_ttft_ms": 160.0,
+        "int4_decode_b1_ms": 3.0, "int8_decode_b1_ms": 4.0, "int4_llm_gb": 5.3, "int8_llm_gb": 8.6,
     } | changes
     return [Row("preset", "full"), Row("device", device)] + [Row(k, v) for k, v in values.items()]
 
@@ -87,7 +88,8 @@ def _table(tmp_path: Path, rows: list[Row], capsys, junit: str | None = None) ->
 def test_an_h100_sxm_is_judged_on_its_own_column(tmp_path, capsys) -> None:
     rc, results = _table(tmp_path, _h100_rows(), capsys)
     assert rc == 0
-    assert len(results) == 7 and set(results.values()) == {"pass"}  # configure <= 60 s: judged in this column
+    assert len(results) == 11  # configure <= 60 s: judged in this column; int8 decode only reported
+    assert set(results.values()) == {"pass", "reported"} and results["int8 decode, batch 1, vs bf16 (x)"] == "reported"
 
 
 def test_another_gpu_is_judged_on_the_any_gpu_column_against_its_bandwidth(tmp_path, capsys) -> None:
@@ -239,7 +241,7 @@ def test_gpu_check_cpu_dry_run_prints_rows_as_measured_and_ends_with_the_table(t
     table = (tmp_path / "out" / "table.txt").read_text()
     results = [line.rsplit("  ", 1)[1] for line in table.splitlines()[table.splitlines().index(
         next(x for x in table.splitlines() if x.startswith("measure"))) + 1:] if not line.startswith("verdict")]
-    assert len(results) == 8 and set(results) == {"n/a (no GPU)"}, table
+    assert len(results) == 12 and set(results) == {"n/a (no GPU)"}, table
     rows = read_rows(tmp_path / "out" / "rows.jsonl")
     assert {"tfps_ms", "configure_s", "ttft_ms", "decode_b1_ms", "decode_b8_ms", "dense_ttft_ms",
             "generate_ttft_ms"} <= set(rows)

@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from prune2drive_ros.pruning import farthest_point_sampling, reference_tfps_loop
-from prune2drive_ros.pruning.fps import ascending_prefixes, max_min_order
+from prune2drive_ros.pruning.cosine import RESOLUTION, cosine_distances, cosine_distances_static
+from prune2drive_ros.pruning.fps import ascending_prefixes, farthest_point_sampling_static, max_min_order
+from prune2drive_ros.vlm.graph_rules import HostSyncGuard
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -282,3 +284,76 @@ def test_mutual_nearest_neighbours_tie_even_if_the_matrix_is_not_bit_symmetric()
     d = torch.tensor([[0.0, 1.0, 1.5, 1.5], [1.0, 0.0, 1.5, 1.5], [1.5, 1.5, 0.0, 0.2], [1.5, 1.5, 0.2, 0.0]])
     d[1, 0] = torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
     assert max_min_order(d[None].clone(), 1).tolist() == [[0]]
+
+
+# -- without host syncs (CUDA graphs) -------------------------------------------------------------------
+@SETTINGS
+@given(token_sets())
+def test_static_tfps_equals_tfps_bit_for_bit_without_a_host_sync(case) -> None:
+    x, budgets = case
+    with HostSyncGuard():
+        kept, finite = farthest_point_sampling_static(x, budgets)
+        dist, _ = cosine_distances_static(x)
+    assert bool(finite)
+    assert torch.equal(dist, cosine_distances(x))  # both rescaling branches, chosen on the device
+    assert all(torch.equal(a, b) for a, b in zip(kept, farthest_point_sampling(x, budgets), strict=True))
+
+
+def test_static_tfps_flags_nan_or_inf_instead_of_raising() -> None:
+    x = torch.randn(2, 6, 4)
+    assert bool(farthest_point_sampling_static(x, [2, 2])[1])
+    for bad in (float("nan"), float("inf")):
+        x[1, 3, 2] = bad
+        kept, finite = farthest_point_sampling_static(x, [2, 2])
+        assert not bool(finite) and [len(k) for k in kept] == [2, 2]  # valid indices, refused by the caller
+    huge = torch.tensor([[[3e38, 3e38], [1.0, 0.0], [0.0, 1.0]]])  # its norm overflows; the values are finite
+    assert bool(farthest_point_sampling_static(huge, [2])[1])
+
+
+def test_tf32x3_distances_match_fp32_and_pick_the_same() -> None:
+    cases = _well_separated_cases(8)
+    x = torch.cat([c[0] for c in cases])
+    fp32 = cosine_distances(x)
+    split, _ = cosine_distances_static(x, "tf32x3")
+    assert float((split - fp32).abs().max()) <= 4 * RESOLUTION
+    kept, _ = farthest_point_sampling_static(x, [6] * len(cases), "tf32x3")
+    assert all(torch.equal(a, b) for a, b in zip(kept, farthest_point_sampling(x, [6] * len(cases)), strict=True))
+    with pytest.raises(ValueError, match="precision"):
+        cosine_distances_static(x, "bf16")
+
+
+def _driving_like_features(seed: int, dim: int = 4096) -> torch.Tensor:
+    """Six views of 729 tokens at DriveMM's width: a few dozen clusters (road, sky, cars) with noise, bf16."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(6, 40, dim, generator=g) * 4
+    members = torch.randint(0, 40, (6, 729), generator=g)
+    x = centres.gather(1, members[..., None].expand(-1, -1, dim)) + torch.randn(6, 729, dim, generator=g)
+    return x.bfloat16()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cuda_tf32x3_picks_equal_fp32_picks_in_one_captured_graph(seed) -> None:
+    features = _driving_like_features(seed).cuda()
+    budgets = [73, 73, 146, 73, 50, 73]
+    reference, _ = farthest_point_sampling_static(features, budgets, "fp32")
+    fp32 = cosine_distances_static(features, "fp32")[0]
+    split = cosine_distances_static(features, "tf32x3")[0]
+    assert float((split - fp32).abs().max()) <= 4 * RESOLUTION
+    # The whole selection as one graph per frame: captured once, replayed on new features.
+    static_in = features.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        farthest_point_sampling_static(static_in, budgets, "tf32x3")
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        kept, finite = farthest_point_sampling_static(static_in, budgets, "tf32x3")
+    static_in.copy_(features)
+    graph.replay()
+    assert bool(finite)
+    assert all(torch.equal(a, b) for a, b in zip(kept, reference, strict=True))
+    matmul = torch.backends.cuda.matmul  # TF32 was switched on only inside the distance computation
+    assert matmul.fp32_precision in ("none", "ieee") if hasattr(matmul, "fp32_precision") else not matmul.allow_tf32

@@ -57,6 +57,39 @@ def test_unpruned_greedy_equals_transformers_generate(arch, tiny_model, tiny_qwe
     assert answers[0].token_ids != answers[1].token_ids  # the check can fail: answers depend on input
 
 
+def test_compiled_layers_equal_transformers_generate_and_fuse_the_token_step(tiny_model) -> None:
+    """compile="on" on a CPU (inductor's C++ backend): generate's greedy tokens, and a decoder layer of the
+    token step is a few fused kernels around its GEMMs."""
+    from torch._inductor.utils import run_and_get_code
+
+    from prune2drive_ros.vlm.graph_rules import inductor_launches
+    from prune2drive_ros.vlm.graphs import Compiler
+    from prune2drive_ros.vlm.layers import cached_layer, tail_mask
+
+    runner = VLMRunner.from_pretrained(tiny_model, pruning="none", max_new_tokens=MAX_NEW, compile="on")
+    images = _images(1)
+    answers = runner.answer(images, QUESTIONS)
+    assert set(answers[0].paths.values()) == {"eager (cpu; compiled)"} and not runner.compiler.failures
+    for question, answer in zip(QUESTIONS, answers):
+        assert answer.token_ids == _hf_generate(runner, images, question)
+
+    llm, batch, shape = runner.llm, runner._decode, runner.llm.shape
+
+    def layer(x, cos, sin, w, *buffers):  # the same traced graph as the runner's: inductor's cache answers
+        return cached_layer(x, cos, sin, w, shape, *buffers)
+
+    x = torch.zeros(2, 1, runner.model.config.text_config.hidden_size)
+    cos = sin = torch.zeros(2, 1, llm.head_dim)
+    hidden = tail_mask(torch.ones(2, 1, 8 + batch.max_new_tokens, dtype=torch.bool), shape.groups)
+    with torch.inference_mode():
+        _, codes = run_and_get_code(Compiler(True, strict=True)(layer, "cached layer"), x, cos, sin, llm.weights[0],
+                                    batch.cache.prefix_k[0], batch.cache.prefix_v[0], batch.cache.tail_k[0],
+                                    batch.cache.tail_v[0], batch.slot_index[8:9], hidden)
+    launches = inductor_launches(codes[0])
+    assert launches["mm"] + launches["bmm"] + launches["addmm"] == 8  # qkv, o, gate_up, down; 2 x 2 attention
+    assert sum(launches.values()) <= 18, launches  # eagerly: 54 (test_vlm_static.OPS_PER_LAYER)
+
+
 def test_tfps_at_full_retain_equals_none(tiny_model, dense) -> None:
     full = VLMRunner.from_pretrained(tiny_model, pruning="tfps", retain=1.0, max_new_tokens=MAX_NEW)
     images = _images(2)

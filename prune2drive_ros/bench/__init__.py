@@ -17,6 +17,8 @@ BENCHMARKS = {
     "decode": ("prune2drive_ros.bench.decode", "ms per token at batch 1 and 8: transformers generate vs ours"),
     "vision": ("prune2drive_ros.bench.vision", "vision encoder backends vs torch eager"),
     "targets": ("prune2drive_ros.bench.check", "every GPU target measured at DriveMM size, then pass/fail"),
+    "memory": ("prune2drive_ros.bench.memory", "weight memory of the 8B DriveMM-shaped LLM per precision (--weights)"),
+    "load": ("prune2drive_ros.bench.load", "start time: checkpoint load vs quantizing vs the quantized-weights cache"),
 }
 
 

@@ -209,7 +209,7 @@ def measure(args: argparse.Namespace, log: RowLog) -> None:
     log.add(Row("question_ms", pruned.question_ms, "ms", "same question on the built prefix", problem))
     log.add(Row("pre_vision_ms", pruned.pre_vision_ms, "ms", "the runner's preprocess + vision stages", problem))
     layers = model.config.text_config.num_hidden_layers
-    log.add(Row("prune_layer", float(runner.config.prune_layer), "", f"of {layers} layers"))
+    log.add(Row("prune_layer", float(runner.config.layer), "", f"of {layers} layers"))
     log.add(Row("layers", float(layers)))
     kept = pruned.answers[0].kept_per_view
     log.add(Row("tail_flops_ratio", tail_flops_ratio(runner, kept), "x", f"one layer, dense / {sum(kept)} patches kept"))
@@ -237,3 +237,43 @@ def measure(args: argparse.Namespace, log: RowLog) -> None:
     theirs = generate.tokens(count)[0].tolist()
     equal = sum(a == b for a, b in zip(ours, theirs))
     log.add(Row("agreement", f"{equal}/{count}", "tokens", f"ours dense vs generate, greedy, {dtype}"))
+
+    runner.close()
+    generate = runner = model = None  # free the bf16 model before the quantized ones are built
+    measure_weights(log, preset, args, device, dtype, frames, repeats, new_tokens, gpu)
+
+
+# Issue 19's rows: each precision on a fresh model of the same shape (quantizing is in place).
+QUANTIZED_ROWS = ("int4", "int8")
+
+
+def measure_weights(log: RowLog, preset: Preset, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                    frames, repeats: int, new_tokens: int, gpu: bool) -> None:
+    """Decode at batch 1 and the language model's stored bytes with int4 and int8 weights."""
+    import gc
+
+    from prune2drive_ros.vlm import VLMRunner
+    from prune2drive_ros.vlm.preprocess import ImageSpec
+    from prune2drive_ros.vlm.quantize import language_model_bytes, weights_problem
+
+    for weights in QUANTIZED_ROWS:
+        problem = weights_problem(weights, device, dtype)
+        if problem is not None:
+            log.add(Row(f"{weights}_decode_b1_ms", None, "ms/token", problem, "refused on this device"))
+            continue
+        model, tokenizer = drivemm_shaped_model(preset.hidden, preset.ffn, preset.layers, preset.heads,
+                                                preset.kv_heads, device, dtype, preset.vision,
+                                                args.vocab or preset.vocab, preset.vision_layers)
+        runner = VLMRunner(model, tokenizer, ImageSpec(), [], pruning="tfps", retain=RETAIN, max_new_tokens=new_tokens,
+                           cuda_graphs="on" if gpu else "auto", weights=weights)
+        runner.warm_up()
+        log.add(Row(f"{weights}_llm_gb", language_model_bytes(model) / 1e9, "GB",
+                    "embeddings (bf16) + decoder linears + lm_head (int8) as stored"))
+        step, answers = decode_step_ms(runner, frames, 1, new_tokens, repeats)
+        log.add(Row(f"{weights}_decode_b1_ms", step, "ms/token", f"{weights} weights, 1 question, {new_tokens} tokens",
+                    _problem(answers, gpu)))
+        runner.close()
+        del runner, model
+        gc.collect()
+        if gpu:
+            torch.cuda.empty_cache()

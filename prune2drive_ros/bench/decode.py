@@ -28,10 +28,12 @@ from prune2drive_ros.bench.runtime import (
     streamed_weight_bytes,
 )
 from prune2drive_ros.bench.targets import identify_gpu
+from prune2drive_ros.bench.weights import add_weights_argument, compares_weights, run_weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_weights_argument(parser)
     parser.add_argument("--retain", type=float, nargs="+", default=[0.1])
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per answer")
     parser.add_argument("--batch", type=int, default=8, help="questions in the batched row")
@@ -44,6 +46,8 @@ def _line(name: str, cells: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.new_tokens < 2:
         raise SystemExit("--new-tokens must be >= 2")
+    if compares_weights(args):
+        return run_weights(args, args.new_tokens, args.batch, args.retain[0])
     runner = build_runner(args, pruning="none", retain=1.0, max_new_tokens=args.new_tokens)
     n = repeats(args)
     cfg = runner.model.config.text_config

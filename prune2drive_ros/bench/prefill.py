@@ -32,12 +32,14 @@ from prune2drive_ros.bench.runtime import (
     times_ms,
 )
 from prune2drive_ros.bench.targets import tail_of_ideal
+from prune2drive_ros.bench.weights import add_weights_argument, compares_weights, run_weights
 
 AGREEMENT_TOKENS = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_weights_argument(parser)
     parser.add_argument("--retain", type=float, nargs="+", default=[0.1, 0.25, 0.5])
 
 
@@ -46,6 +48,8 @@ def _line(name: str, cells: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if compares_weights(args):
+        return run_weights(args, 8, 8, args.retain[0])
     # Sized for the agreement check's tokens once; every timed answer asks for one.
     runner = build_runner(args, pruning="none", retain=1.0, max_new_tokens=AGREEMENT_TOKENS)
     runner.max_new_tokens = 1
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         agreement = sum(a == b for a, b in zip(ours, theirs))
         first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
 
-    head = runner.config.prune_layer / cfg.num_hidden_layers
+    head = runner.config.layer / cfg.num_hidden_layers
     runner.set_pruning(args.pruning)
     for retain in args.retain:
         runner.set_budgets(retain=retain)

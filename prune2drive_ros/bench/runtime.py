@@ -284,13 +284,16 @@ def streamed_weight_bytes(model) -> int:
     """Bytes of weights one decode step reads: the text decoder and LM head, not the embedding table
     (one row per token) nor the vision tower. Counted from the tensors' storage, so packed low-bit
     weights count as what they occupy."""
+    from prune2drive_ros.vlm.quantize import tensor_bytes
+
     language = model.model.language_model
     embedding = language.embed_tokens.weight
-    tensors = {id(t): t for t in [*language.parameters(), *language.buffers(), *model.lm_head.parameters()]}
+    head = [*model.lm_head.parameters(), *model.lm_head.buffers()]
+    tensors = {id(t): t for t in [*language.parameters(), *language.buffers(), *head]}
     tensors.pop(id(embedding), None)  # read as one row per token, unless tied to the head (then counted there)
-    if model.lm_head.weight is embedding:
+    if getattr(model.lm_head, "weight", None) is embedding:
         tensors[id(embedding)] = embedding
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    return sum(tensor_bytes(t) for t in tensors.values())
 
 
 def tail_flops_ratio(runner, kept_per_view: list[int]) -> float:

@@ -243,6 +243,9 @@ def derive(rows: Mapping[str, Row], ctx: Context) -> dict[str, Row]:
                         lambda t, q, v: t - q - v, "ms", "dense TTFT - question - preprocess and vision"))
     new.append(_derived(rows, "prefix_ms", ("ttft_ms", "question_ms", "pre_vision_ms"),
                         lambda t, q, v: t - q - v, "ms", "pruned TTFT - question - preprocess and vision"))
+    for weights in ("int4", "int8"):
+        new.append(_derived(rows, f"{weights}_decode_ratio", (f"{weights}_decode_b1_ms", "decode_b1_ms"),
+                            lambda q, b: q / b, "x", f"{weights} / bf16 ms per token, same run"))
     out.update({r.key: r for r in new if r is not None})
     if "prune_layer" in rows and "layers" in rows:
         head = _value(rows, "prune_layer") / _value(rows, "layers")
@@ -306,7 +309,10 @@ TARGETS: tuple[Target, ...] = (
     Target("dense_ttft_ms", "dense TTFT vs transformers generate (ms)", "<=", Limit(1.0, "generate_ttft_ms"),
            Limit(1.0, "generate_ttft_ms")),
     Target("configure_s", "capture + compile time at configure (s)", "<=", Limit(60.0), None),
-    # Issue 19 adds its quantized rows here, e.g. weights memory per format and int4 vs bf16 decode.
+    Target("int4_decode_ratio", "int4 decode, batch 1, vs bf16 (x)", "<=", Limit(0.5), Limit(0.5)),
+    Target("int8_decode_ratio", "int8 decode, batch 1, vs bf16 (x)", "<=", None, None),
+    Target("int4_llm_gb", "int4 language-model weights (GB)", "<=", Limit(5.5), Limit(5.5)),
+    Target("int8_llm_gb", "int8 language-model weights (GB)", "<=", Limit(9.0), Limit(9.0)),
 )
 TESTS_TARGET = Target("gpu_tests", "gpu-marked tests not passed (pytest -m gpu)", "<=", Limit(0.0), Limit(0.0),
                       any_size=True)

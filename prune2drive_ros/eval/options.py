@@ -8,8 +8,8 @@ from typing import Any
 from prune2drive_ros import settings
 from prune2drive_ros.eval.bootstrap import DEFAULT_RESAMPLES
 
-MODEL_SETTINGS = ("pruning", "retain", "view_ratios", "prune_layer", "device", "dtype", "vision_backend", "engine_dir",
-                  "max_new_tokens")
+MODEL_SETTINGS = ("pruning", "retain", "view_ratios", "prune_layer", "device", "dtype", "weights", "vision_backend",
+                  "engine_dir", "max_new_tokens")
 """The runner settings ``eval`` and ``optimize`` take as flags (their defaults: ``prune2drive_ros.settings``)."""
 
 

@@ -9,6 +9,7 @@ their original sequence order (and RoPE positions) in the LLM.
 ``farthest_point_sampling`` runs all views as one batch: one ``[V, N, N]`` distance matrix, then a
 running minimum ``gap[v, j] = min_{s in S_v} d(s, j)`` updated with one row per pick (O(k N) per view)
 and no host sync inside the loop. ``reference_tfps_loop`` is the published loop kept as the baseline.
+``farthest_point_sampling_static`` is the same selection with no host sync at all, for a CUDA graph.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_budgets, check_features, check_finite
-from .cosine import cosine_distances
+from .cosine import cosine_distances, cosine_distances_static
 
 OrderKernel = Callable[[Tensor, int], Tensor]
 
@@ -84,6 +85,23 @@ def farthest_point_sampling(features: Tensor, budgets: Sequence[int]) -> list[Te
     vectors are treated (identical to each other, orthogonal to everything else).
     """
     return max_min_select(features, budgets)
+
+
+def farthest_point_sampling_static(features: Tensor, budgets: Sequence[int],
+                                   precision: str = "fp32") -> tuple[list[Tensor], Tensor]:
+    """``farthest_point_sampling`` with no host sync (capturable in a CUDA graph; the budgets are host ints).
+
+    Returns the picks and a device bool that is False when the features hold NaN or inf: instead of
+    raising here (a sync), the caller refuses the result once it reads the flag. ``precision="tf32x3"``
+    computes the distances with TF32 tensor cores at about fp32 accuracy (``cosine.gram``).
+    """
+    views, tokens, _ = check_features(features)
+    budgets = check_budgets(budgets, views, tokens)
+    dist, finite = cosine_distances_static(features, precision)
+    steps = max(budgets, default=0)
+    if steps == 0:
+        return [torch.empty(0, dtype=torch.long, device=features.device) for _ in budgets], finite
+    return ascending_prefixes(max_min_order(dist, steps), budgets), finite
 
 
 def published_loop(dist: Tensor, budget: int) -> list[int]:

@@ -288,6 +288,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=24, help="TPE trials of the budget search (default 24)")
     parser.add_argument("--limit", type=int, default=80, help="questions per trial (default 80)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    settings.add_arguments(parser, ("weights",), weights={
+        "nargs": "+", "help": "instead of the pruning study: these language-model precisions (e.g. int8 int4) vs the "
+                              "model's own dtype at T-FPS and the first --retains ratio, paired (training/precision.py)"})
     parser.add_argument("--no-progress", action="store_true")
     settings.add_arguments(parser, STUDY_SETTINGS)
     parser.set_defaults(default_model=shipped_testbed)
@@ -300,7 +303,21 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     random.seed(0)
+    if isinstance(args.weights, list):
+        return precision(args, str(model))
     study(args.out, str(model), scenes=args.scenes, search_scenes=args.search_scenes, retains=args.retains,
           trials=args.trials, limit=args.limit, resamples=args.resamples, methods=args.methods.split(","),
           progress=not args.no_progress, runner=settings.from_args(args, STUDY_SETTINGS))
+    return 0
+
+
+def precision(args: argparse.Namespace, model: str) -> int:
+    from prune2drive_ros.data.testbed_scenes import write_drivelm_set
+    from prune2drive_ros.training.precision import precision_study
+
+    heldout = args.out / "heldout"
+    if not (heldout / "drivelm.json").is_file():
+        write_drivelm_set(heldout, args.scenes, HELDOUT_SEED, progress=not args.no_progress)
+    precision_study(args.out, model, args.weights, heldout, float(args.retains.split(",")[0]), args.resamples,
+                    settings.from_args(args, STUDY_SETTINGS), progress=not args.no_progress)
     return 0

@@ -1,14 +1,19 @@
-"""Questions and generated tokens on a shared prefix: ``DecodeBatch``, ``Sampler`` and ``generate``.
+"""Questions and generated tokens on a shared prefix: ``DecodeBatch``, ``Sampler`` and the generate loop.
 
-``DecodeBatch`` owns the static decode state of up to ``rows`` sequences: the ``StaticKVCache``, the
-RoPE positions, the attention masks and the tail slot the next token goes to. The tail of every layer
-is laid out the same way:
+``DecodeBatch`` owns the static decode state of up to ``rows`` sequences on a ``StaticKVCache``: the
+question ids and lengths, the token each row feeds next, the generated-token counter, the output ids
+and the stop flags, all device buffers allocated once. Two functions read and write only these:
 
-    [ prefix_l slots | question slots (question_capacity) | generated slots (max_new_tokens) ]
+    question(R, Q)   R rows of questions padded to the bucket Q: their KV into tail slots [0, Q),
+                     the first answer token of each row
+    step(R, Q)       one generated token per row: its KV into tail slot Q + t, the next token
 
-Questions are right-padded to ``question_capacity``; a padding slot stays masked forever. Each
-sequence's positions continue from its own question length, so padding never shifts RoPE. The token
-step reads and writes only these buffers, so one CUDA graph per batch bucket replays it.
+Each is captured as a CUDA graph for every batch bucket R and question bucket Q at configure time,
+so serving never captures: a question longer than the last bucket (``max_question_tokens``) or more
+new tokens than ``max_new_tokens`` is refused by the runner before anything runs. Each row's
+positions continue from its own question length, so padding never shifts RoPE; padding slots stay
+hidden from the tokens after them. The loop reads the device only every few tokens (has every row
+stopped?) and once at the end (the tokens).
 """
 
 from __future__ import annotations
@@ -18,18 +23,19 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from prune2drive_ros.vlm.graphs import GraphSet
+from prune2drive_ros.vlm.graphs import GraphSet, StagePaths
 from prune2drive_ros.vlm.kv_cache import StaticKVCache
+from prune2drive_ros.vlm.layers import tail_mask
 from prune2drive_ros.vlm.pruned_llm import Prefix, PrunedLanguageModel
 
 BATCH_BUCKETS = (1, 2, 4, 8)
-# Question capacity grows in these steps: with CUDA graphs one 64-token block lets most questions share
-# one graph; eagerly, padding is only wasted work, so the block is small.
-QUESTION_BLOCK = {True: 64, False: 8}
+# The smallest question bucket. With CUDA graphs one 64-token bucket lets most questions share a graph;
+# eagerly, padding is only wasted work, so buckets start small.
+MIN_QUESTION_BUCKET = {True: 64, False: 8}
 STOP_CHECK_EVERY = 4  # tokens between host reads of "has every sequence stopped"
 MIN_GENERATED_SLOTS = 4  # a capture runs the step three times (two warm-ups, one capture): room for them
 
-Progress = Callable[[list[list[int]]], Iterable[int] | None]
+ProgressHook = Callable[[list[list[int]]], Iterable[int] | None]
 """``on_progress(tokens per sequence so far) -> indices of sequences to stop`` (None: stop none)."""
 
 
@@ -37,9 +43,13 @@ def bucket(batch: int) -> int:
     return next((b for b in BATCH_BUCKETS if b >= batch), batch)
 
 
-def question_capacity(longest: int, graphs: bool) -> int:
-    block = QUESTION_BLOCK[graphs]
-    return max(block, -(-longest // block) * block)
+def question_buckets(max_tokens: int, graphs: bool) -> tuple[int, ...]:
+    """Question lengths the batches are padded to: doubling from the smallest bucket up to ``max_tokens``."""
+    sizes, size = [], MIN_QUESTION_BUCKET[graphs]
+    while size < max_tokens:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_tokens)
 
 
 class Sampler:
@@ -48,8 +58,13 @@ class Sampler:
     def __init__(self, temperature: float, top_p: float, generator: torch.Generator | None = None):
         self.temperature, self.top_p, self.generator = temperature, top_p, generator
 
+    @property
+    def greedy(self) -> bool:
+        """Greedy picks run inside the graphs; sampling (a generator's state) runs eagerly after them."""
+        return self.temperature <= 0
+
     def __call__(self, logits: Tensor) -> Tensor:
-        if self.temperature <= 0:
+        if self.greedy:
             return logits.argmax(-1)
         probs = (logits / self.temperature).softmax(-1)
         if self.top_p < 1.0:
@@ -61,169 +76,179 @@ class Sampler:
 
 
 class DecodeBatch:
-    def __init__(self, llm: PrunedLanguageModel, prefix_lengths: Sequence[int], question_capacity: int,
-                 max_new_tokens: int, rows: int, *, dtype: torch.dtype, device: torch.device):
-        self.llm = llm
-        self.prefix_lengths = [int(n) for n in prefix_lengths]
-        self.question_capacity = int(question_capacity)
+    def __init__(self, llm: PrunedLanguageModel, cache: StaticKVCache, prompt_length: int, buckets: Sequence[int],
+                 max_new_tokens: int, eos_ids: Sequence[int], sampler: Sampler, graphs: GraphSet):
+        self.llm, self.cache, self.sampler, self.graphs = llm, cache, sampler, graphs
+        self.prompt_length = int(prompt_length)
+        self.buckets = tuple(buckets)
         self.max_new_tokens = max(int(max_new_tokens), MIN_GENERATED_SLOTS)
-        self.rows = int(rows)
-        self.device, self.dtype = device, dtype
-        tail = self.question_capacity + self.max_new_tokens
-        self.cache = StaticKVCache(self.prefix_lengths, tail, rows, llm.kv_heads, llm.head_dim, dtype=dtype,
-                                   device=device)
-        self.neg = torch.finfo(dtype).min
-        # One mask per distinct prefix length (two for a plan pruned once: layers < K and >= K).
-        self.decode_masks = {n: torch.full((rows, 1, 1, n + tail), self.neg, dtype=dtype, device=device)
-                             for n in set(self.prefix_lengths)}
-        self.tokens = torch.zeros((rows, 1), dtype=torch.long, device=device)
-        self.positions = torch.zeros((rows, 1), dtype=torch.long, device=device)
-        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # tail slot of the next token
-        self.question_slots = torch.arange(self.question_capacity, device=device)
-        self._graphs: dict[int, object] = {}
-        self.active = 0
+        self.rows = cache.rows
+        questions = self.buckets[-1] if self.buckets else 0
+        if cache.tail_capacity < questions + self.max_new_tokens:
+            raise ValueError(f"the cache tail holds {cache.tail_capacity} slots, the batch needs "
+                             f"{questions + self.max_new_tokens}")
+        device = cache.tail_k[0].device
+        self.device = device
+        rows, slots = self.rows, questions + self.max_new_tokens
+        self.ids = torch.zeros((rows, max(questions, 1)), dtype=torch.long, device=device)
+        self.lengths = torch.ones(rows, dtype=torch.long, device=device)
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
+        self.generated = torch.zeros(1, dtype=torch.long, device=device)  # tokens fed so far after the first
+        self.out = torch.zeros((rows, self.max_new_tokens), dtype=torch.long, device=device)
+        self.done = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.eos = torch.tensor(list(eos_ids) or [-1], device=device)
+        self.slot_index = torch.arange(slots, device=device)
+        self.row_index = torch.arange(rows, device=device)
+        self.question_positions = self.prompt_length + self.slot_index[:questions]
+        self.causal = self.slot_index[None, :] <= self.slot_index[:questions, None]  # [Q, slots]
+        pin = device.type == "cuda"
+        self._host_ids = torch.zeros((rows, max(questions, 1)), dtype=torch.long, pin_memory=pin)
+        self._host_lengths = torch.zeros(rows, dtype=torch.long, pin_memory=pin)
+        self._calls: dict[tuple[str, int, int], object] = {}
 
-    def fits(self, prefix_lengths: Sequence[int], longest_question: int, rows: int, max_new_tokens: int) -> bool:
-        return (list(prefix_lengths) == self.prefix_lengths and longest_question <= self.question_capacity
-                and rows <= self.rows and max_new_tokens <= self.max_new_tokens)
+    # -- the captured functions ---------------------------------------------------------------------
+    def _question(self, rows: int, width: int) -> Tensor:
+        """Logits of each row's last question token; the questions' KV go to tail slots [0, width)."""
+        hidden = self.llm.embed_tokens(self.ids[:rows, :width])
+        positions = self.question_positions[:width].expand(rows, width)
+        visible = self.causal[:width, : width + self.max_new_tokens].expand(rows, -1, -1)
+        hidden = self.llm.run_cached(hidden, positions, self.cache, self.slot_index[:width],
+                                     tail_mask(visible, self.llm.shape.groups))
+        return self.llm.logits(hidden[self.row_index[:rows], self.lengths[:rows] - 1])
 
-    # -- the question prefill ------------------------------------------------------------------
-    def start(self, prefix: Prefix, questions: Sequence[Sequence[int]], pad_id: int) -> Tensor:
-        """Prefill ``questions`` (token ids) on ``prefix`` in rows [:bucket]; returns their last hidden [B, D]."""
-        batch = len(questions)
-        rows = bucket(batch)
-        if rows > self.rows:
-            raise ValueError(f"{batch} questions do not fit a decode batch of {self.rows} rows")
-        self.active = rows
-        self.cache.load_prefix(prefix.keys, prefix.values, rows, prefix)
-        q = self.question_capacity
-        ids = torch.full((rows, q), pad_id, dtype=torch.long)
-        valid = torch.zeros((rows, q), dtype=torch.bool)
-        lengths = torch.zeros(rows, dtype=torch.long)
-        for i in range(rows):
-            question = questions[min(i, batch - 1)]  # bucket padding rows repeat the last question
-            ids[i, : len(question)] = torch.tensor(question)
-            valid[i, : len(question)] = True
-            lengths[i] = len(question)
-        ids, valid, lengths = ids.to(self.device), valid.to(self.device), lengths.to(self.device)
-        positions = prefix.prompt_length + torch.arange(q, device=self.device).expand(rows, -1)
-        causal = torch.arange(q, device=self.device)[None, :] <= torch.arange(q, device=self.device)[:, None]
-        question_visible = valid[:, None, :] & causal[None]  # [rows, q, q]
-        tail = self.question_capacity + self.max_new_tokens
-        masks = {}
-        for n in set(self.prefix_lengths):
-            mask = torch.full((rows, 1, q, n + tail), self.neg, dtype=self.dtype, device=self.device)
-            mask[:, :, :, :n] = 0
-            mask[:, 0, :, n : n + q].masked_fill_(question_visible, 0)
-            masks[n] = mask
-            decode = self.decode_masks[n][:rows]
-            decode.fill_(self.neg)
-            decode[:, :, :, :n] = 0
-            decode[:, 0, 0, n : n + q].masked_fill_(valid, 0)
-        self.cache.rows, self.cache.tail_index = rows, self.question_slots
-        hidden = self.llm.run_layers(self.llm.embed_tokens(ids), positions, self.cache,
-                                     masks=[masks[n] for n in self.prefix_lengths])
-        self.positions[:rows, 0] = prefix.prompt_length + lengths
-        self.slot.fill_(q)
-        self.cache.tail_index = self.slot
-        return hidden[torch.arange(batch, device=self.device), lengths[:batch] - 1]
+    def _first(self, logits: Tensor) -> None:
+        token = self.sampler(logits)
+        rows = token.shape[0]
+        self.tokens[:rows] = token
+        self.out[:rows, 0] = token
+        self.done[:rows] = torch.isin(token, self.eos)
+        self.generated.zero_()
 
-    def start_after_prompt(self, prefix: Prefix) -> Tensor:
-        """Decode right after a prefill that already held the question (question-dependent pruners)."""
-        self.active = 1
-        self.cache.load_prefix(prefix.keys, prefix.values, 1, prefix)
-        for n in set(self.prefix_lengths):
-            decode = self.decode_masks[n][:1]
-            decode.fill_(self.neg)
-            decode[:, :, :, :n] = 0
-        self.positions[:1, 0] = prefix.prompt_length
-        self.slot.fill_(self.question_capacity)
-        self.cache.rows, self.cache.tail_index = 1, self.slot
-        return prefix.last_hidden
-
-    # -- one token -----------------------------------------------------------------------------
-    def _step(self, rows: int) -> Tensor:
-        """Run ``tokens[:rows]`` one step; advances positions and slot in place (graph-replayable)."""
-        for n, mask in self.decode_masks.items():
-            mask[:rows].index_fill_(-1, self.slot + n, 0)  # the new token sees itself from now on
-        self.cache.rows = rows
-        hidden = self.llm.run_layers(self.llm.embed_tokens(self.tokens[:rows]), self.positions[:rows], self.cache,
-                                     masks=[self.decode_masks[n][:rows] for n in self.prefix_lengths])
-        self.positions[:rows] += 1
-        self.slot += 1
+    def _step(self, rows: int, width: int) -> Tensor:
+        """Logits after feeding ``tokens[:rows]``; its KV go to tail slot ``width + generated``."""
+        slot = width + self.generated
+        window = self.slot_index[: width + self.max_new_tokens]
+        # A row sees its own question (not the padding after it) and the tokens generated so far.
+        visible = (window < self.lengths[:rows, None]) | ((window >= width) & (window <= slot))
+        positions = (self.prompt_length + self.lengths[:rows] + self.generated)[:, None]
+        hidden = self.llm.run_cached(self.llm.embed_tokens(self.tokens[:rows, None]), positions, self.cache, slot,
+                                     tail_mask(visible[:, None], self.llm.shape.groups))
         return self.llm.logits(hidden[:, -1])
 
-    def capture(self, graphs: GraphSet, rows: int) -> None:
-        """Capture the token step for ``rows`` (a bucket); the state it leaves behind is reset by ``start``."""
-        if rows in self._graphs or not graphs.enabled:
+    def _advance(self, logits: Tensor) -> None:
+        token = self.sampler(logits)
+        rows = token.shape[0]
+        self.tokens[:rows] = token
+        self.out[:rows].index_copy_(1, self.generated + 1, token[:, None])
+        self.done[:rows] |= torch.isin(token, self.eos)
+        self.generated += 1
+
+    # -- graphs ---------------------------------------------------------------------------------------
+    def _function(self, kind: str, rows: int, width: int) -> Callable[[], Tensor | None]:
+        """The function to capture: with greedy decoding the pick and its bookkeeping run inside the graph."""
+        logits_of = self._question if kind == "question" else self._step
+        record = self._first if kind == "question" else self._advance
+        if self.sampler.greedy:
+            return lambda: record(logits_of(rows, width))
+        return lambda: logits_of(rows, width)
+
+    def capture_all(self) -> None:
+        """Capture question and step for every batch bucket and question bucket (configure time)."""
+        if not self.graphs.enabled:
             return
-        saved = (self.slot.clone(), self.positions.clone(), {n: m.clone() for n, m in self.decode_masks.items()})
-        self.slot.fill_(self.question_capacity)  # the runs below write the first generated slots, no further
-        self.cache.tail_index = self.slot
-        self._graphs[rows] = graphs.capture(lambda: self._step(rows))
-        # Warm-up and capture ran the step three times: put the state back.
-        self.slot.copy_(saved[0])
-        self.positions.copy_(saved[1])
-        for n, m in saved[2].items():
-            self.decode_masks[n].copy_(m)
+        for rows in BATCH_BUCKETS:
+            for width in self.buckets:
+                for kind in ("question", "step"):  # a step capture runs from the state the question left
+                    self._call(kind, rows, width)
 
-    def graphed(self, rows: int) -> bool:
-        return self._graphs.get(rows) is not None
+    def _call(self, kind: str, rows: int, width: int):
+        key = (kind, rows, width)
+        if key not in self._calls:
+            # The warm-up runs of a capture advance the decode state; put it back for the step that follows.
+            state = [self.generated, self.tokens, self.done, self.out]
+            saved = [t.clone() for t in state]
+            self.generated.zero_()  # the runs write the first generated slots, no further (MIN_GENERATED_SLOTS)
+            self._calls[key] = self.graphs.capture(f"{kind} {rows}x{width}", self._function(kind, rows, width))
+            for t, s in zip(state, saved, strict=True):
+                t.copy_(s)
+        return self._calls[key]
 
-    def step(self) -> Tensor:
-        graph = self._graphs.get(self.active)
-        return graph() if graph is not None else self._step(self.active)
+    def _run(self, kind: str, rows: int, width: int, paths: StagePaths | None = None) -> None:
+        call = self._call(kind, rows, width) if self.graphs.enabled else None
+        if paths is not None:
+            stage = "question" if kind == "question" else "decode"
+            paths.note(stage, call is not None, self.graphs.eager_reason(f"{kind} {rows}x{width}"))
+        logits = call() if call is not None else self._function(kind, rows, width)()
+        if not self.sampler.greedy:  # the graph (or eager run) returned logits
+            (self._first if kind == "question" else self._advance)(logits)
 
-    # -- the loop ------------------------------------------------------------------------------
-    def generate(self, first_hidden: Tensor, sampler: Sampler, eos_ids: Sequence[int], max_new_tokens: int,
-                 batch: int, on_progress: Progress | None = None) -> list[list[int]]:
-        """Up to ``max_new_tokens`` per sequence, each cut after its first stop token.
+    # -- host side ------------------------------------------------------------------------------------
+    def start(self, questions: Sequence[Sequence[int]], pad_id: int, paths: StagePaths | None = None) -> tuple[int, int]:
+        """Prefill ``questions`` (token ids) in rows [:bucket] and pick each one's first token.
 
-        The loop never waits for the GPU, except to ask every few tokens whether all have stopped. With
-        ``on_progress`` that check runs every step and reads the tokens too (still one host read): the
-        callback gets each sequence's tokens so far (cut after a stop token) and returns the indices of
-        sequences to stop; a stopped sequence ends where it is. The loop ends once every one has ended.
+        Returns the rows and the question bucket the batch runs in.
         """
-        eos = torch.tensor(list(eos_ids), device=self.device)
-        token = sampler(self.llm.logits(first_hidden))
-        if token.shape[0] < self.active:  # bucket rows past the batch decode the last sequence again
-            token = torch.cat([token, token[-1:].expand(self.active - token.shape[0])])
-        out = torch.empty((self.active, max_new_tokens), dtype=torch.long, device=self.device)
-        out[:, 0] = token
-        done = torch.isin(token, eos)
-        produced = 1
-        stops = set(eos_ids)
-        stopped: dict[int, int] = {}  # sequence -> its length when it was stopped
+        batch = len(questions)
+        rows = bucket(batch)
+        longest = max(len(q) for q in questions)
+        if rows > self.rows or not self.buckets or longest > self.buckets[-1]:
+            raise ValueError(f"{batch} questions of up to {longest} tokens do not fit this decode batch "
+                             f"({self.rows} rows, questions up to {self.buckets[-1] if self.buckets else 0} tokens)")
+        width = next(b for b in self.buckets if b >= longest)
+        ids, lengths = self._host_ids.numpy(), self._host_lengths.numpy()
+        for i in range(rows):
+            question = questions[min(i, batch - 1)]  # bucket padding rows repeat the last question
+            ids[i, : len(question)] = question
+            ids[i, len(question) : width] = pad_id
+            lengths[i] = len(question)
+        # One upload of ids and lengths each; the pinned source makes them asynchronous.
+        self.ids[:rows].copy_(self._host_ids[:rows], non_blocking=True)
+        self.lengths[:rows].copy_(self._host_lengths[:rows], non_blocking=True)
+        self._run("question", rows, width, paths)
+        return rows, width
+
+    def start_after_prompt(self, prefix: Prefix) -> tuple[int, int]:
+        """Decode right after a prefill that already held the question (question-dependent pruners; eager).
+        The cache must sit on that prefill (``StaticKVCache.on_prefix``)."""
+        self.lengths[:1] = 0
+        self._first(self.llm.logits(prefix.last_hidden))
+        return 1, 0
+
+    def generate(self, rows: int, width: int, batch: int, max_new_tokens: int, eos_ids: Sequence[int],
+                 paths: StagePaths | None = None, on_progress: ProgressHook | None = None) -> list[list[int]]:
+        """Up to ``max_new_tokens`` per sequence (the first came from ``start``), each cut after its first stop
+        token. Without ``on_progress`` the loop reads only the stop flags, every few steps. With it the check runs
+        every step and reads the tokens too (still one host read): the callback gets each question's tokens so
+        far and returns the indices of the questions to stop there (a cancel then frees the batch within a step)."""
+        if max_new_tokens > self.max_new_tokens:
+            raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the configured {self.max_new_tokens}")
+        produced, ends = 1, {}
         check_every = STOP_CHECK_EVERY if on_progress is None else 1
         for step in range(1, max_new_tokens):
             if step % check_every == 0:
                 if on_progress is None:
-                    if bool(done.all()):
+                    if bool(self.done[:batch].all()):
                         break
-                elif self._report(out, done, step, batch, stops, stopped, on_progress):
+                elif self._progress(batch, produced, eos_ids, on_progress, ends):
                     break
-            self.tokens[: self.active, 0] = token
-            token = sampler(self.step())
-            out[:, step] = token
-            done |= torch.isin(token, eos)
+            self._run("step", rows, width, paths)
             produced = step + 1
-        return [_cut(seq, stops, stopped.get(i)) for i, seq in enumerate(out[:batch, :produced].tolist())]
+        if produced == 1 and paths is not None:
+            paths.note("decode", self.graphs.enabled and self._calls.get(("step", rows, width)) is not None,
+                       self.graphs.eager_reason(f"step {rows}x{width}"))
+        return [_cut(seq[: ends.get(i, produced)], eos_ids) for i, seq in enumerate(self.out[:batch, :produced].tolist())]
 
-    @staticmethod
-    def _report(out: Tensor, done: Tensor, produced: int, batch: int, stops: set[int], stopped: dict[int, int],
-                on_progress: Progress) -> bool:
-        """Hand the tokens so far to ``on_progress`` and record the sequences it stops; True when all ended."""
-        rows = torch.cat([done[:batch, None].long(), out[:batch, :produced]], dim=1).tolist()  # the one host read
-        tokens = [_cut(row[1:], stops, stopped.get(i)) for i, row in enumerate(rows)]
-        for i in on_progress(tokens) or ():
-            if 0 <= i < batch:
-                stopped.setdefault(i, len(tokens[i]))
-        return all(row[0] or i in stopped for i, row in enumerate(rows))
+    def _progress(self, batch: int, produced: int, eos_ids, on_progress: ProgressHook, ends: dict[int, int]) -> bool:
+        """One host read at a stop check: the tokens so far; True when every question has ended."""
+        so_far = self.out[:batch, :produced].tolist()
+        current = [_cut(seq[: ends.get(i, produced)], eos_ids) for i, seq in enumerate(so_far)]
+        for index in on_progress(current) or ():
+            if 0 <= index < batch:
+                ends.setdefault(index, produced)
+        return all(i in ends or len(seq) < produced or (seq and seq[-1] in eos_ids)
+                   for i, seq in enumerate(current))
 
 
-
-def _cut(seq: list[int], stops: set[int], length: int | None = None) -> list[int]:
-    """``seq`` up to and including its first stop token, and at most ``length`` long."""
-    seq = seq if length is None else seq[:length]
-    end = next((i + 1 for i, t in enumerate(seq) if t in stops), len(seq))
-    return seq[:end]
+def _cut(seq: list[int], eos_ids: Sequence[int]) -> list[int]:
+    stops = set(eos_ids)
+    return seq[: next((i + 1 for i, t in enumerate(seq) if t in stops), len(seq))]

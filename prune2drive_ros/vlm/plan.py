@@ -11,12 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
-from prune2drive_ros.pruning.cosine import cosine_distances
-from prune2drive_ros.pruning.fps import ascending_prefixes, max_min_order
-
 # Pruners whose choice does not depend on the features: computed once per budget configuration.
 _FEATURE_FREE = ("pool", "random")
 
@@ -72,18 +66,5 @@ class PrunePlan:
 
     @property
     def graph_selection(self) -> bool:
-        """T-FPS's greedy picks are free of host syncs, so they can run inside a CUDA graph."""
+        """T-FPS runs on the device without a host sync (``farthest_point_sampling_static``): it can be captured."""
         return self.method == "tfps"
-
-
-def tfps_distances(features: Tensor) -> Tensor:
-    """T-FPS's first half, eager: the fp32 cosine distances ``[V, N, N]`` (checks finiteness: one sync)."""
-    return cosine_distances(features)
-
-
-def tfps_picks(distances: Tensor, budgets: Sequence[int]) -> list[Tensor]:
-    """T-FPS's second half, free of host syncs: the same picks as ``farthest_point_sampling``."""
-    steps = max(budgets, default=0)
-    if steps == 0:
-        return [torch.empty(0, dtype=torch.long, device=distances.device) for _ in budgets]
-    return ascending_prefixes(max_min_order(distances, steps), budgets)

@@ -3,7 +3,8 @@
 Every view becomes one 384x384 tile (DriveMM uses no anyres tiling for multi-image input): either
 squashed to the square (LLaVA-OneVision's base tile) or first padded to a square with the mean
 colour (LLaVA's ``pad`` aspect-ratio mode), then bicubic-resized and normalised on the target
-device.
+device. Six views of one size (a camera rig) go to the device in one copy from a reused pinned
+buffer (``FrameUploader``) and are resized as one batch.
 """
 
 from __future__ import annotations
@@ -62,28 +63,64 @@ def validate_images(images, max_side: int = DEFAULT_MAX_IMAGE_SIDE) -> None:
             raise ValueError(f"image {i} is {w}x{h}; the bound is {max_side} px per side")
 
 
-def _pad_to_square(image: torch.Tensor) -> torch.Tensor:
-    c, h, w = image.shape
+class FrameUploader:
+    """Copies six same-sized views to ``device`` in one transfer: on CUDA through a pinned staging buffer,
+    kept per frame shape, so the copy is asynchronous and no page-locking happens per frame."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._staging: torch.Tensor | None = None
+        self._copied: torch.cuda.Event | None = None
+
+    def __call__(self, images) -> torch.Tensor:
+        """``[V, H, W, 3]`` uint8 on the device."""
+        shape = (len(images), *images[0].shape)
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.stack(images))
+        if self._staging is None or tuple(self._staging.shape) != shape:
+            self._staging = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        elif self._copied is not None:
+            self._copied.synchronize()  # the previous frame's copy has left the buffer (long since, in practice)
+        staging = self._staging.numpy()
+        for i, image in enumerate(images):
+            staging[i] = image
+        frames = self._staging.to(self.device, non_blocking=True)
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+        return frames
+
+
+def _pad_to_square(images: torch.Tensor) -> torch.Tensor:
+    """``[V, C, H, W]`` -> ``[V, C, S, S]``, the image centred on its own mean colour."""
+    views, c, h, w = images.shape
     side = max(h, w)
-    mean = image.float().mean(dim=(1, 2), keepdim=True).to(image.dtype)
-    canvas = mean.expand(c, side, side).clone()
+    mean = images.float().mean(dim=(2, 3), keepdim=True).to(images.dtype)
+    canvas = mean.expand(views, c, side, side).clone()
     top, left = (side - h) // 2, (side - w) // 2
-    canvas[:, top : top + h, left : left + w] = image
+    canvas[:, :, top : top + h, left : left + w] = images
     return canvas
 
 
-def preprocess(images, spec: ImageSpec, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _to_tiles(images: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
+    """uint8 ``[V, H, W, 3]`` -> float ``[V, 3, size, size]`` in [0, 255]."""
+    x = images.permute(0, 3, 1, 2)
+    if spec.aspect_ratio == "pad":
+        x = _pad_to_square(x)
+    x = x.float()
+    if x.shape[-2:] != (spec.size, spec.size):
+        x = F.interpolate(x, size=(spec.size, spec.size), mode="bicubic", align_corners=False, antialias=True)
+    return x.clamp_(0, 255)
+
+
+def preprocess(images, spec: ImageSpec, device: torch.device, dtype: torch.dtype,
+               upload: FrameUploader | None = None) -> torch.Tensor:
     """Six RGB uint8 arrays -> normalised pixel values ``[6, 3, size, size]`` on ``device``."""
-    tiles = []
-    for image in images:
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)
-        if spec.aspect_ratio == "pad":
-            x = _pad_to_square(x)
-        x = x[None].float()
-        if x.shape[-2:] != (spec.size, spec.size):
-            x = F.interpolate(x, size=(spec.size, spec.size), mode="bicubic", align_corners=False, antialias=True)
-        tiles.append(x.clamp_(0, 255))
-    pixels = torch.cat(tiles) / 255.0
+    if len({image.shape for image in images}) == 1:
+        tiles = _to_tiles((upload or FrameUploader(device))(images).to(device), spec)
+    else:  # views of different sizes: one at a time
+        tiles = torch.cat([_to_tiles(torch.from_numpy(np.ascontiguousarray(image))[None].to(device), spec)
+                           for image in images])
+    pixels = tiles / 255.0
     mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
     return ((pixels - mean) / std).to(dtype)

@@ -5,26 +5,27 @@
    tokens) run on, at their *original* RoPE positions. A two-stage plan (MVPruner) prunes again
    deeper in. The result is a ``Prefix``: every layer's keys and values hold exactly the tokens that
    layer saw.
-2. ``run_layers`` runs new tokens (questions, then generated tokens) of a batch on top of a
-   ``StaticKVCache`` under a caller-built mask (``decode.DecodeBatch`` owns that contract).
+2. ``run_cached`` runs new tokens (questions, then generated tokens) of a batch of rows on top of a
+   ``StaticKVCache``: every row reads the one shared prefix and its own tail (``decode.DecodeBatch``
+   owns the layout and the masks).
 
-The decoder layers are transformers' own modules; only the order of calls, the positions and the
-masks are ours. The static prefill (one frame set, a known number of kept tokens) is split into an
-eager head (layers < K), the selection and the tail (layers >= K), so that the selection and the tail
-can each be replayed as a CUDA graph (``prefill.StaticPrefill``).
+The layers are ``layers.prompt_layer`` / ``layers.cached_layer`` on weights fused at load time from
+transformers' own modules (which keep working, as views of the fused weights). The static prefill
+(one frame set, a known number of kept tokens) is split into a head (layers < K), the selection and
+the tail (layers >= K), each replayed as a CUDA graph (``prefill.StaticPrefill``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from prune2drive_ros.vlm.compat import cache_keyword
-from prune2drive_ros.vlm.kv_cache import PrefixRecorder
+from prune2drive_ros.vlm.kv_cache import StaticKVCache
+from prune2drive_ros.vlm.layers import LayerShape, LayerWeights, cached_layer, fuse_layer, prompt_layer, rms_norm
 from prune2drive_ros.vlm.plan import PrunePlan
 
 SUPPORTED_TEXT_ARCHS = ("llama", "qwen2")
@@ -67,10 +68,6 @@ class Prefix:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in zip(self.keys, self.values))
 
 
-def _unwrap(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
 def _rotate_half(x: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -83,44 +80,72 @@ class PrunedLanguageModel(nn.Module):
         if text.model_type not in SUPPORTED_TEXT_ARCHS:
             raise ValueError(f"unsupported text architecture {text.model_type!r}; supported: "
                              f"{', '.join(SUPPORTED_TEXT_ARCHS)}")
+        if getattr(text, "use_sliding_window", False):
+            raise ValueError("sliding-window attention is not supported; DriveMM's text models attend to the whole prompt")
         lm = llava_model.model.language_model
         self.embed_tokens = lm.embed_tokens
-        self.layers = lm.layers
+        self.layers = lm.layers  # transformers' modules: the attention probes of FastV/MVPruner read them
         self.norm = lm.norm
         self.rotary_emb = lm.rotary_emb
         self.lm_head = llava_model.lm_head
         self.kv_heads = text.num_key_value_heads
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        # Checked once here: transformers renamed the layers' cache keyword in 5.24.
-        self.cache_keyword = cache_keyword(self.layers[0])
-        # SDPA applies the causal mask itself when none is given; eager attention needs one.
-        self.implicit_causal = text._attn_implementation == "sdpa"
+        self.shape = LayerShape(text.num_attention_heads, self.kv_heads, self.head_dim, self.norm.variance_epsilon)
+        self.weights: list[LayerWeights] = []
+        self.load_weights()
+        shape = self.shape
+
+        # Closures over the layer shape: the shape is a compile-time constant, the tensors are inputs, so
+        # torch.compile builds one kernel set per mode that every layer shares.
+        def prompt(x, cos, sin, w):
+            return prompt_layer(x, cos, sin, w, shape)
+
+        def cached(x, cos, sin, w, prefix_k, prefix_v, tail_k, tail_v, slots, hidden):
+            return cached_layer(x, cos, sin, w, shape, prefix_k, prefix_v, tail_k, tail_v, slots, hidden)
+
+        self.prompt_layer: Callable = prompt
+        self.cached_layer: Callable = cached
+
+    def load_weights(self) -> None:
+        """The layer functions' weights from transformers' modules: fused at load, and again after quantization
+        replaced the projections (``weights=int8|int4|fp8``)."""
+        self.weights = [fuse_layer(layer) for layer in self.layers]
+
+    def compile_layers(self, wrap: Callable[[Callable, str], Callable]) -> None:
+        """Replace the two layer functions by ``wrap(fn, name)`` (``graphs.Compiler`` compiles them)."""
+        self.prompt_layer = wrap(self.prompt_layer, "prompt layer")
+        self.cached_layer = wrap(self.cached_layer, "cached layer")
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
     def logits(self, hidden: Tensor) -> Tensor:
-        return self.lm_head(self.norm(hidden)).float()
+        return self.lm_head(rms_norm(hidden, self.norm.weight, self.shape.eps)).float()
 
-    def causal_mask(self, n: int, like: Tensor) -> Tensor | None:
-        if self.implicit_causal:
-            return None
-        mask = torch.full((n, n), torch.finfo(like.dtype).min, dtype=like.dtype, device=like.device)
-        return mask.triu_(1)[None, None]
+    def rope(self, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos/sin ``[R, S, head_dim]`` for ``positions [R, S]`` (transformers' own rotary module: RoPE scaling included)."""
+        return self.rotary_emb(like, positions)
 
-    def run_layer(self, index: int, hidden: Tensor, positions: Tensor, rope, mask, cache) -> Tensor:
-        return _unwrap(self.layers[index](hidden, attention_mask=mask, position_ids=positions, use_cache=True,
-                                          position_embeddings=rope, **{self.cache_keyword: cache}))
-
-    def run_layers(self, hidden: Tensor, positions: Tensor, cache, start: int = 0, stop: int | None = None,
-                   masks: Sequence[Tensor | None] | None = None) -> Tensor:
-        """Layers ``[start, stop)``; ``masks[i]`` for layer i (None: causal over ``hidden``)."""
-        rope = self.rotary_emb(hidden, positions)
-        stop = self.num_layers if stop is None else stop
-        causal = self.causal_mask(hidden.shape[1], hidden) if masks is None else None
+    def run_prompt(self, hidden: Tensor, positions: Tensor, start: int, stop: int,
+                   keep: Callable[[int, Tensor, Tensor], None]) -> Tensor:
+        """Layers ``[start, stop)`` over a prompt ``[1, S, D]`` at ``positions [1, S]``; ``keep(layer, k, v)``
+        receives each layer's keys and values."""
+        cos, sin = self.rope(hidden, positions)
         for index in range(start, stop):
-            hidden = self.run_layer(index, hidden, positions, rope, causal if masks is None else masks[index], cache)
+            hidden, k, v = self.prompt_layer(hidden, cos, sin, self.weights[index])
+            keep(index, k, v)
+        return hidden
+
+    def run_cached(self, hidden: Tensor, positions: Tensor, cache: StaticKVCache, slots: Tensor,
+                   hidden_mask: Tensor) -> Tensor:
+        """Every layer over new tokens ``[R, S, D]`` of the first R rows of ``cache``; ``hidden_mask`` (the
+        ``layers.tail_mask`` of the tail slots each token may see) is the same for every layer, since the
+        whole prefix is visible whatever its length."""
+        cos, sin = self.rope(hidden, positions)
+        for index, w in enumerate(self.weights):
+            hidden = self.cached_layer(hidden, cos, sin, w, cache.prefix_k[index], cache.prefix_v[index],
+                                       cache.tail_k[index], cache.tail_v[index], slots, hidden_mask)
         return hidden
 
     # -- attention probes for attention-guided pruners -----------------------------------------
@@ -152,7 +177,8 @@ class PrunedLanguageModel(nn.Module):
         keep = torch.arange(embeds.shape[1], device=device)  # original positions of the rows that run
         kept = [torch.arange(n_patches, device=device) for _ in range(n_views)]
         is_patch = layout.is_patch(embeds.shape[1])
-        recorder = PrefixRecorder(self.num_layers)
+        keys: list[Tensor] = []
+        values: list[Tensor] = []
         hidden, attention = embeds, None
         for index in range(self.num_layers):
             if index in stages:
@@ -160,15 +186,15 @@ class PrunedLanguageModel(nn.Module):
                     hidden, keep, kept = self._prune(hidden, keep, kept, layout, is_patch, pruner, stages[index],
                                                      attention)
             positions = keep[None]
-            cos, sin = self.rotary_emb(hidden, positions)
+            cos, sin = self.rope(hidden, positions)
             hidden_in = hidden
-            hidden = self.run_layer(index, hidden, positions, (cos, sin), self.causal_mask(hidden.shape[1], hidden),
-                                    recorder)
+            hidden, k, v = self.prompt_layer(hidden, cos, sin, self.weights[index])
+            keys.append(k)
+            values.append(v)
             if plan.needs_attention and index + 1 in stages:
                 rows = self._query_rows(keep, query_rows)
-                attention = (keep, self._query_attention(self.layers[index], hidden_in, recorder.keys[index], rows,
-                                                         cos, sin))
-        return Prefix(recorder.keys, recorder.values, hidden[:, -1], kept, embeds.shape[1])
+                attention = (keep, self._query_attention(self.layers[index], hidden_in, k, rows, cos, sin))
+        return Prefix(keys, values, hidden[:, -1], kept, embeds.shape[1])
 
     @staticmethod
     def _query_rows(keep: Tensor, query_positions: Tensor | None) -> Tensor:

@@ -2,19 +2,23 @@
 
 The flow per frame set, top to bottom in ``answer``:
 
-    images --preprocess--> pixels --vision backend--> features --> prompt embeds
-           --prefill pruned at layer K--> Prefix (shared by every question about this frame set)
-           --DecodeBatch.start: the questions, batched--> --DecodeBatch.generate--> answers
+    images --one pinned upload, batched resize--> pixels --vision--> prompt embeds (integer scatter)
+           --head / select / tail: prefill pruned at layer K--> prefix in the KV cache (shared by every
+           question about this frame set) --DecodeBatch.start: the questions, batched--> first tokens
+           --DecodeBatch.generate--> answers
 
-A question-independent plan (``PrunePlan.static``) prunes the visual prefix once per frame set and
-reuses it for every question; its prefill and the token step run as CUDA graphs on a GPU, captured
-in ``warm_up`` (called by ``from_pretrained``/``from_config`` and after a budget change). Question-
-dependent pruners (FastV, MVPruner) prefill the whole prompt per question, eagerly.
+For a question-independent plan (``PrunePlan.static``) every stage is a function of static buffers,
+captured as a CUDA graph per plan, batch bucket and question bucket in ``warm_up`` (called by
+``from_pretrained``/``from_config`` and after a budget change), optionally compiled first. Between the
+frame upload and the text, the host reads the device only at the decode loop's stop checks. Each
+answer says how each stage ran (``Answer.paths``). Question-dependent pruners (FastV, MVPruner)
+prefill the whole prompt per question, eagerly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,24 +31,27 @@ from prune2drive_ros.cameras import NUM_CAMERAS
 from prune2drive_ros.pruning import get_pruner, layer_flops, view_budgets
 from prune2drive_ros.vlm.backends import make_vision_backend
 from prune2drive_ros.vlm.config import DEFAULT_MAX_QUESTION_TOKENS, RunnerConfig
-from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, Progress, Sampler, bucket, question_capacity
-from prune2drive_ros.vlm.graphs import GraphSet
+from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, ProgressHook, Sampler, question_buckets
+from prune2drive_ros.vlm.graphs import Compiler, GraphSet, StagePaths, summary
 from prune2drive_ros.vlm.info import RunnerInfo
+from prune2drive_ros.vlm.kv_cache import StaticKVCache
 from prune2drive_ros.vlm.loading import load_checkpoint, resolve_device, resolve_dtype
 from prune2drive_ros.vlm.plan import PrunePlan
-from prune2drive_ros.vlm.prefill import StaticPrefill
-from prune2drive_ros.vlm.preprocess import DEFAULT_MAX_IMAGE_SIDE, ImageSpec, preprocess, validate_images
+from prune2drive_ros.vlm.prefill import StaticPrefill, prefix_lengths
+from prune2drive_ros.vlm.preprocess import DEFAULT_MAX_IMAGE_SIDE, FrameUploader, ImageSpec, preprocess, validate_images
 from prune2drive_ros.vlm.prompt import IMAGE_PLACEHOLDER, split_prompt
 from prune2drive_ros.vlm.pruned_llm import Prefix, PrunedLanguageModel, VisualLayout
+from prune2drive_ros.vlm.quantize import FLOAT_WEIGHTS, QUANTIZED_WEIGHTS, check_weights
 from prune2drive_ros.vlm.vision import VisionEncoder
+from prune2drive_ros.vlm.weights_cache import load_or_quantize
 
-STAGES = ("preprocess", "vision", "prune", "prefill", "decode")
+STAGES = ("preprocess", "vision", "prune", "prefill", "question", "decode")
 
 OnProgress = Callable[[Mapping[int, list[int]]], Iterable[int] | None]
 """``VLMRunner.answer``'s ``on_progress({question index: tokens so far}) -> question indices to stop``."""
 
 
-def _shifted(on_progress: OnProgress | None, start: int) -> Progress | None:
+def _shifted(on_progress: OnProgress | None, start: int) -> ProgressHook | None:
     """The decode loop's callback (rows of one batch) for questions ``start``, ``start + 1``, ... of the call."""
     if on_progress is None:
         return None
@@ -60,6 +67,8 @@ def _shifted(on_progress: OnProgress | None, start: int) -> Progress | None:
 class Answer:
     text: str
     timings_ms: dict[str, float]
+    """Per stage (``STAGES``) and "total". "prefill" is the visual prefix (layers before and after pruning),
+    "prune" the selection, "question" the question prefill and first token, "decode" the later tokens."""
     kept_per_view: list[int]
     visual_tokens: int
     flops: float
@@ -68,7 +77,10 @@ class Answer:
     kept_indices: list[list[int]] = field(repr=False, default_factory=list)
     token_ids: list[int] = field(repr=False, default_factory=list)
     path: str = "eager"
-    """How the LLM ran: "cuda-graph" (prefill tail and token step replayed), "eager", or a mix with the reason."""
+    """"cuda-graph" when every stage was captured, "eager" when none was, else the mix (``graphs.summary``)."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """How each stage ran: "vision", "prefix", "question", "decode" -> "graph", "compiled-graph" or "eager",
+    optionally followed by " (reason)". For a reused prefix, vision and prefix say how it was built."""
 
     @property
     def flops_ratio(self) -> float:
@@ -76,35 +88,59 @@ class Answer:
 
 
 class StageTimer:
-    """Wall-clock stage timer that waits for the GPU at every boundary, so each stage is charged its own
-    work. Stages nest: time spent in an inner stage is not charged to the outer one."""
+    """Charges time to nested stages (an inner stage's time is not charged to the outer one).
+
+    On CUDA each boundary records an event on the stream, without waiting; ``ms`` reads them once the
+    answer's tokens are on the host, when every event has completed, so timing adds no sync. Elsewhere
+    the wall clock is read at each boundary.
+    """
 
     def __init__(self, device: torch.device):
-        self.device = device
-        self.ms: dict[str, float] = {}
+        self.cuda = device.type == "cuda"
+        self._marks: list[tuple[str | None, object]] = []  # (stage charged from this mark on, event or time)
         self._open: list[str] = []
-        self._since = 0.0
 
-    def _sync(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def _charge(self, now: float) -> None:
-        if self._open:
-            name = self._open[-1]
-            self.ms[name] = self.ms.get(name, 0.0) + (now - self._since) * 1000.0
-        self._since = now
+    def _mark(self, charged: str | None) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._marks.append((charged, event))
+        else:
+            self._marks.append((charged, time.perf_counter()))
 
     @contextmanager
     def stage(self, name: str):
-        self._charge(self._sync())
         self._open.append(name)
+        self._mark(name)
         try:
             yield
         finally:
-            self._charge(self._sync())
             self._open.pop()
+            self._mark(self._open[-1] if self._open else None)
+
+    @property
+    def ms(self) -> dict[str, float]:
+        if self.cuda and self._marks:
+            self._marks[-1][1].synchronize()  # already complete after the answer's host read: no wait
+        out: dict[str, float] = {}
+        for (name, start), (_, end) in zip(self._marks, self._marks[1:]):
+            if name is not None:
+                elapsed = start.elapsed_time(end) if self.cuda else (end - start) * 1000.0
+                out[name] = out.get(name, 0.0) + elapsed
+        return out
+
+
+def _compile_mode(config: RunnerConfig, device: torch.device) -> tuple[bool, str]:
+    """(compile the layers?, why not)."""
+    if config.compile == "off":
+        return False, "compile=off"
+    if config.compile == "on":
+        return True, ""
+    if device.type != "cuda":
+        return False, "compile=auto compiles on CUDA only"
+    if importlib.util.find_spec("triton") is None:
+        return False, "compile=auto: Triton is not installed"
+    return True, ""
 
 
 class VLMRunner:
@@ -117,8 +153,11 @@ class VLMRunner:
         self.image_spec = image_spec
         self.eos_token_ids = list(eos_token_ids)
         self.device = next(model.parameters()).device
+        if config.weights in FLOAT_WEIGHTS:
+            model.to(FLOAT_WEIGHTS[config.weights])
         self.dtype = next(model.parameters()).dtype
         self.llm = PrunedLanguageModel(model)
+        self.weights_source = self._quantize(model_dir)
         if not 0 <= config.layer < self.llm.num_layers:
             raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.layer}")
         self.pruner = get_pruner(config.pruning)
@@ -127,27 +166,58 @@ class VLMRunner:
         self.max_image_side = config.max_image_side or DEFAULT_MAX_IMAGE_SIDE
         generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.sampler = Sampler(config.temperature, config.top_p, generator)
-        use_graphs = config.cuda_graphs != "off" and self.device.type == "cuda"
-        self.graphs = GraphSet(use_graphs, strict=config.cuda_graphs == "on")
+        cuda = self.device.type == "cuda"
+        use_graphs = config.cuda_graphs != "off" and cuda
+        off = "cuda_graphs=off" if config.cuda_graphs == "off" else self.device.type
+        self.graphs = GraphSet(use_graphs, strict=config.cuda_graphs == "on", off_reason="" if use_graphs else off)
+        compile_layers, why_not = _compile_mode(config, self.device)
+        self.compiler = Compiler(compile_layers, strict=config.compile == "on", off_reason=why_not)
+        # On a GPU T-FPS's distances run on TF32 tensor cores at about fp32 accuracy (pruning.cosine.gram).
+        self.tfps_precision = "tf32x3" if cuda else "fp32"
 
         self.encoder = VisionEncoder(model).eval()
         self.vision = make_vision_backend(config.vision_backend, self.encoder, device=self.device, dtype=self.dtype,
                                           engine_dir=config.engine_dir, strict=config.strict_backend,
                                           model_dir=model_dir)
+        if compile_layers:
+            self.llm.compile_layers(self.compiler)
+            if self.vision.name == "torch":
+                self.encoder.compile_layers(self.compiler)
+        self.upload = FrameUploader(self.device)
         self._build_prompt()
         self._prefix: Prefix | None = None
+        self._prefix_notes: dict[str, tuple[bool, str]] = {}
+        self._vision_call = None
+        self._static: StaticPrefill | None = None
         self._decode: DecodeBatch | None = None
         self.warmup_ms = 0.0
-        self.paths: dict[str, str] = {}
+        self.last_paths: dict[str, str] = {}
         """Per-stage paths of the last answer (``RunnerInfo.paths``)."""
         self.set_budgets(retain=config.retain, view_ratios=config.view_ratios, warm_up=False)
 
     # -- construction --------------------------------------------------------------------------
+    def _quantize(self, model_dir) -> str:
+        """Quantize the language model's weights as ``config.weights`` says (after the model is laid out
+        as the runtime calls it); returns where they came from."""
+        weights = self.config.weights
+        check_weights(weights, self.device, self.dtype)
+        if weights not in QUANTIZED_WEIGHTS:
+            return "checkpoint"
+        source = load_or_quantize(self.model, weights, model_dir, self.config.engine_dir)
+        self.llm.lm_head = self.model.lm_head  # the CPU layers replace the module itself
+        self.llm.load_weights()  # the layer functions run the quantized projections
+        return source
+
     @classmethod
     def from_config(cls, config: RunnerConfig, *, warm_up: bool = True) -> VLMRunner:
         """Load ``config.model`` and build the runner; on a GPU, capture its graphs before returning."""
         device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
+        float_weights = config.weights if config.weights in FLOAT_WEIGHTS else None
+        if float_weights and config.dtype not in (None, "", "auto") and \
+                resolve_dtype(config.dtype, device) != FLOAT_WEIGHTS[float_weights]:
+            raise ValueError(f"weights={config.weights} and dtype={config.dtype} disagree; set one of them")
+        dtype = resolve_dtype(config.dtype if config.dtype not in (None, "", "auto") else float_weights, device)
+        check_weights(config.weights, device, dtype)  # before minutes of loading
         loaded = load_checkpoint(config.model, device, dtype)
         spec = ImageSpec.from_checkpoint(loaded.folder, loaded.model.config.vision_config.image_size)
         if loaded.aspect_ratio is not None:
@@ -179,7 +249,14 @@ class VLMRunner:
                 ids += [config.image_token_index] * (self.tokens_per_view + 1)  # patches + image_newline
         self.prefix_ids = torch.tensor(ids, device=self.device)
         self.layout = VisualLayout(torch.tensor(patch_positions, device=self.device), len(ids))
-        self.image_mask = self.prefix_ids == config.image_token_index
+        # Where the views' features go in the prompt, as integer positions: scattering them needs no mask (and
+        # so no nonzero and no host sync per frame).
+        self.image_positions = (self.prefix_ids == config.image_token_index).nonzero().flatten()
+        # Static buffers the vision stage reads and writes: the text embeddings are written once, here.
+        with torch.inference_mode():
+            self.embeds = self.llm.embed_tokens(self.prefix_ids[None]).clone()
+        size = self.image_spec.size
+        self.pixels = torch.zeros((NUM_CAMERAS, 3, size, size), dtype=self.dtype, device=self.device)
 
     def set_budgets(self, retain: float | None = None, view_ratios: Sequence[float] | None = None,
                     *, warm_up: bool = True) -> None:
@@ -198,37 +275,47 @@ class VLMRunner:
         self._replan(warm_up=True)
 
     def _replan(self, warm_up: bool) -> None:
+        """Size the buffers of the current pruner and budgets and, on a GPU, capture their graphs now."""
         self.plan = PrunePlan.describe(self.pruner, self.budgets, self.config.layer, self.llm.num_layers,
                                        self.tokens_per_view)
-        self._static = StaticPrefill(self.llm, self.layout, self.plan, self.pruner, self.graphs) \
-            if self.plan.static else None
-        self._prefix = None
-        self._decode = None
+        self._prefix = self._static = self._decode = None
+        self.graphs.failures.clear()  # a new plan's captures get their own chance
+        self.question_buckets = question_buckets(self.max_question_tokens, self.graphs.enabled)
+        if self.plan.static:
+            # Sized from the configured bounds (question length, answer length, largest batch), so serving never
+            # allocates or captures again.
+            new_tokens = max(self.config.max_new_tokens, 1)
+            cache = StaticKVCache(prefix_lengths(self.plan, self.layout, self.llm.num_layers), BATCH_BUCKETS[-1],
+                                  self.question_buckets[-1] + max(new_tokens, 4), self.llm.kv_heads, self.llm.head_dim,
+                                  dtype=self.dtype, device=self.device)
+            self._static = StaticPrefill(self.llm, self.layout, self.plan, self.pruner, self.graphs, cache,
+                                         self.tfps_precision)
+            self._decode = DecodeBatch(self.llm, cache, self.layout.length, self.question_buckets, new_tokens,
+                                       self.eos_token_ids, self.sampler, self.graphs)
         if warm_up and self.graphs.enabled:
             self.warm_up()
 
     @torch.inference_mode()
     def warm_up(self) -> float:
-        """Run each batch bucket once on blank views so every CUDA graph is captured now, not on the
-        first real frame. Returns (and logs to ``warmup_ms``) the time taken. A no-op off CUDA."""
+        """Capture (and compile) every graph now, not on the first real frame: one answer on blank views, then
+        every batch and question bucket. Returns (and keeps in ``warmup_ms``) the time taken. A no-op without
+        graphs."""
         if not self.graphs.enabled:
             return 0.0
         t0 = time.perf_counter()
         images = [np.zeros((self.image_spec.size, self.image_spec.size, 3), np.uint8)] * NUM_CAMERAS
-        keep_new = self.max_new_tokens
-        self.max_new_tokens = min(2, keep_new)  # the token step is the same graph for any length
         try:
-            for rows in BATCH_BUCKETS if self.plan.static else (1,):
-                self.answer(images, ["warm up"] * rows, frame_key=("warm-up",))
+            self.answer(images, ["warm up"], frame_key=("warm-up",), max_new_tokens=min(2, self.max_new_tokens))
+            if self._decode is not None:
+                self._decode.capture_all()
         finally:
-            self.max_new_tokens = keep_new
             self._prefix = None
         self.warmup_ms = (time.perf_counter() - t0) * 1000.0
         return self.warmup_ms
 
     def close(self) -> None:
         """Drop the model, graphs and cached state; frees GPU memory."""
-        self._prefix = self._decode = self._static = None
+        self._prefix = self._decode = self._static = self._vision_call = None
         self.vision.close()
         self.model = self.llm = self.encoder = self.vision = None
         if torch.cuda.is_available():
@@ -250,6 +337,11 @@ class VLMRunner:
     def prefix(self) -> Prefix | None:
         """The prefilled visual prefix of the last frame set (None before the first answer)."""
         return self._prefix
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """How each stage ran in the last answer (or in the warm-up): ``Answer.paths``."""
+        return dict(self.last_paths)
 
     # -- input checks --------------------------------------------------------------------------
     def _question_ids(self, questions: Sequence[str]) -> list[list[int]]:
@@ -280,115 +372,116 @@ class VLMRunner:
     # -- the main entry point ------------------------------------------------------------------
     @torch.inference_mode()
     def answer(self, images: Sequence[np.ndarray], questions, *, frame_key: Hashable | None = None,
-               on_progress: OnProgress | None = None) -> list[Answer]:
+               max_new_tokens: int | None = None, on_progress: OnProgress | None = None) -> list[Answer]:
         """Answer ``questions`` about one synchronized set of six RGB views (camera order).
 
+        ``max_new_tokens``: at most the configured ``max_new_tokens`` (the buffers are sized for it).
         ``on_progress({question index: tokens so far})``, called at every decode step of a batch, returns
         the indices of questions to stop (or None): their answers end with the tokens they have.
         """
         validate_images(images, self.max_image_side)
         suffixes = self._question_ids(questions)
+        new_tokens = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if not 1 <= new_tokens <= self.config.max_new_tokens:
+            raise ValueError(f"max_new_tokens must be in [1, {self.config.max_new_tokens}] (the configured bound), "
+                             f"got {new_tokens}")
         timer = StageTimer(self.device)
+        paths = StagePaths(self.compiler)
         t_start = time.perf_counter()
         key = (frame_key if frame_key is not None else self.frame_key(images), self.plan)
         reused = self.plan.static and self._prefix is not None and self._prefix.key == key
 
-        embeds = None
-        if not reused:
+        if reused:
+            paths.notes.update(self._prefix_notes)  # how the reused prefix was built
+        else:
             with timer.stage("preprocess"):
-                pixels = preprocess(images, self.image_spec, self.device, self.dtype)
+                self.pixels.copy_(preprocess(images, self.image_spec, self.device, self.dtype, self.upload))
             with timer.stage("vision"):
-                embeds = self._prompt_embeds(self.vision(pixels))
-
+                self._run_vision(paths)
         if self.plan.static:
             if not reused:
-                self._prefix = self._static(embeds, timer)
-                self._prefix.key = key
-            prefix = self._prefix
-            results, paths = [], set()
+                self._prefix = None  # until this frame's prefix is checked (finite features)
+                prefix = self._static(self.embeds, timer, paths)
+                self._prefix_notes = {stage: paths.notes[stage] for stage in ("vision", "prefix")}
+            else:
+                prefix = self._prefix
+            results: list[list[int]] = []
             for start in range(0, len(suffixes), BATCH_BUCKETS[-1]):
-                chunk = suffixes[start : start + BATCH_BUCKETS[-1]]
-                results += self._answer_on_prefix(prefix, chunk, timer, _shifted(on_progress, start))
-                paths.add(self._path())
+                results += self._answer_on_prefix(suffixes, start, new_tokens, timer, paths,
+                                                 _shifted(on_progress, start))
+            self._check_finite()
+            prefix.key = key
+            self._prefix = prefix
             prefills = [prefix] * len(suffixes)
             shared = [reused or i > 0 for i in range(len(suffixes))]
-            path = " + ".join(sorted(paths))
         else:
             results, prefills = [], []
             for i, ids in enumerate(suffixes):
-                result, prefill = self._answer_alone(embeds, ids, timer, _shifted(on_progress, i))
+                result, prefill = self._answer_alone(ids, new_tokens, timer, paths, _shifted(on_progress, i))
                 results.append(result)
                 prefills.append(prefill)
             shared = [False] * len(suffixes)
-            path = "eager"
 
         total_ms = (time.perf_counter() - t_start) * 1000.0
-        timings = {k: timer.ms.get(k, 0.0) for k in STAGES}
+        measured = timer.ms  # after the tokens' host read: reading the events waits for nothing
+        timings = {k: measured.get(k, 0.0) for k in STAGES}
         timings["total"] = total_ms
-        return [self._make_answer(tokens, prefill, len(suffix), timings, reuse, path)
+        self.last_paths = paths.resolve()
+        return [self._make_answer(tokens, prefill, len(suffix), timings, reuse, self.last_paths)
                 for tokens, prefill, suffix, reuse in zip(results, prefills, suffixes, shared)]
 
     # -- steps ---------------------------------------------------------------------------------
-    def _prompt_embeds(self, features: torch.Tensor) -> torch.Tensor:
-        embeds = self.llm.embed_tokens(self.prefix_ids[None]).clone()
-        embeds[0, self.image_mask] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
-        return embeds
+    def _scatter_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision backend on the six views, their features written into the prompt embeddings in place."""
+        features = self.vision(pixels)
+        self.embeds[0, self.image_positions] = features.reshape(-1, features.shape[-1]).to(self.embeds.dtype)
+        return self.embeds
 
-    def _decode_batch(self, prefix: Prefix, longest: int, rows: int, question_dependent: bool) -> DecodeBatch:
-        lengths = prefix.tokens_per_layer
-        current = self._decode
-        if current is not None and current.fits(lengths, longest, rows, self.max_new_tokens):
-            return current
-        capacity = 0 if question_dependent else question_capacity(longest, self.graphs.enabled)
-        # On a GPU the static batch is sized for the largest bucket once, so every bucket shares it.
-        rows = max(rows, BATCH_BUCKETS[-1]) if self.graphs.enabled and not question_dependent else rows
-        # Sized for the configured answer length even while warm-up asks for fewer tokens.
-        new_tokens = max(self.max_new_tokens, self.config.max_new_tokens)
-        batch = DecodeBatch(self.llm, lengths, capacity, new_tokens, rows, dtype=self.dtype, device=self.device)
-        if not question_dependent:
-            self._decode = batch
-        return batch
+    def _run_vision(self, paths: StagePaths) -> None:
+        if self.vision.name != "torch":  # an engine outside torch: not captured here
+            self._scatter_features(self.pixels)
+            paths.note("vision", False, f"{self.vision.name} engine")
+            return
+        if self._vision_call is None and self.graphs.enabled:
+            self._vision_call = self.graphs.capture("vision", self._scatter_features, [self.pixels])
+        paths.note("vision", self._vision_call is not None, self.graphs.eager_reason("vision"))
+        (self._vision_call or self._scatter_features)(self.pixels)
 
-    def _answer_on_prefix(self, prefix: Prefix, suffixes: list[list[int]], timer: StageTimer,
-                          on_progress: Progress | None = None) -> list[list[int]]:
-        """Prefill the questions on the shared prefix at once, then decode them as one batch."""
+    def _check_finite(self) -> None:
+        """T-FPS on the device flags NaN/inf features instead of syncing; read after the tokens (no extra wait)."""
+        if self.plan.graph_selection and not bool(self._static.finite):
+            raise ValueError("features contain NaN or inf values; token pruning needs finite features")
+
+    def _answer_on_prefix(self, suffixes: list[list[int]], start: int, new_tokens: int, timer: StageTimer,
+                          paths: StagePaths, hook: ProgressHook | None) -> list[list[int]]:
+        """Questions ``[start, start + 8)`` prefilled on the shared prefix at once, then decoded as one batch."""
+        chunk = suffixes[start : start + BATCH_BUCKETS[-1]]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        with timer.stage("prefill"):
-            batch = self._decode_batch(prefix, max(len(s) for s in suffixes), bucket(len(suffixes)), False)
-            last = batch.start(prefix, suffixes, pad)
+        with timer.stage("question"):
+            rows, width = self._decode.start(chunk, pad, paths)
         with timer.stage("decode"):
-            batch.capture(self.graphs, batch.active)
-            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, len(suffixes),
-                                    on_progress)
-        self._last_batch = batch
-        return tokens
+            return self._decode.generate(rows, width, len(chunk), new_tokens, self.eos_token_ids, paths, hook)
 
-    def _path(self) -> str:
-        decode_graphed = self._last_batch.graphed(self._last_batch.active)
-        prefill_graphed = "tail" in self._static.graphed
-        if decode_graphed and prefill_graphed:
-            return "cuda-graph"
-        if not self.graphs.enabled:
-            return "eager"
-        parts = [f"prefill {'graph' if prefill_graphed else 'eager'}", f"decode {'graph' if decode_graphed else 'eager'}"]
-        failures = "; ".join(f"{k}: {v}" for k, v in self._static.failures.items())
-        return ", ".join(parts) + (f" (capture failed: {failures})" if failures else "")
-
-    def _answer_alone(self, prefix_embeds: torch.Tensor, suffix: list[int], timer: StageTimer,
-                      on_progress: Progress | None = None):
-        """Question-dependent pruning: the whole prompt is prefilled (and pruned) for this question."""
+    def _answer_alone(self, suffix: list[int], new_tokens: int, timer: StageTimer, paths: StagePaths,
+                      on_progress: ProgressHook | None = None):
+        """Question-dependent pruning: the whole prompt is prefilled (and pruned) for this question, eagerly."""
         ids = torch.tensor(suffix, device=self.device)
-        embeds = torch.cat([prefix_embeds, self.llm.embed_tokens(ids[None])], dim=1)
+        embeds = torch.cat([self.embeds, self.llm.embed_tokens(ids[None])], dim=1)
         query_positions = None  # FastV: the last prompt token
         if self.plan.attention_queries == "instruction":
-            query_positions = torch.arange(prefix_embeds.shape[1], embeds.shape[1], device=self.device)
+            query_positions = torch.arange(self.embeds.shape[1], embeds.shape[1], device=self.device)
+        why = f"{self.plan.method} prunes per question"
+        for stage in ("prefix", "question", "decode"):
+            paths.note(stage, False, why)
         with timer.stage("prefill"):
             prefill = self.llm.prefill(embeds, self.layout, self.plan, self.pruner, query_rows=query_positions,
                                        timer=timer)
         with timer.stage("decode"):
-            batch = self._decode_batch(prefill, 0, 1, True)
-            last = batch.start_after_prompt(prefill)
-            tokens = batch.generate(last, self.sampler, self.eos_token_ids, self.max_new_tokens, 1, on_progress)[0]
+            cache = StaticKVCache.on_prefix(prefill.keys, prefill.values, 1, max(new_tokens, 4))
+            batch = DecodeBatch(self.llm, cache, prefill.prompt_length, (), new_tokens, self.eos_token_ids,
+                                self.sampler, GraphSet(False, off_reason=why))
+            rows, width = batch.start_after_prompt(prefill)
+            tokens = batch.generate(rows, width, 1, new_tokens, self.eos_token_ids, on_progress=on_progress)[0]
         return tokens, prefill
 
     def text(self, tokens: Sequence[int]) -> str:
@@ -399,7 +492,7 @@ class VLMRunner:
         return self.tokenizer.decode([t for t in tokens if t not in self.eos_token_ids], skip_special_tokens=True).strip()
 
     def _make_answer(self, tokens: list[int], prefill: Prefix, suffix_len: int, timings, reused: bool,
-                     path: str) -> Answer:
+                     paths: dict[str, str]) -> Answer:
         cfg = self.model.config.text_config
         # Question-dependent prefills already count the question in tokens_per_layer.
         extra = 0 if prefill.prompt_length > self.layout.length else suffix_len
@@ -418,5 +511,6 @@ class VLMRunner:
             prefix_reused=reused,
             kept_indices=kept,
             token_ids=list(tokens),
-            path=path,
+            path=summary(paths),
+            paths=dict(paths),
         )

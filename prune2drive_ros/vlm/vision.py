@@ -3,10 +3,13 @@
 ``VisionEncoder`` is what every backend runs (torch eagerly, or exported to ONNX / TensorRT):
 SigLIP up to the configured feature layer (DriveMM: the last of its 26 layers, before the
 post-layernorm), the 2-layer GELU projector, and the ``image_newline`` embedding appended to each
-view. Output: ``[V, 729 + 1, hidden]``.
+view. Output: ``[V, 729 + 1, hidden]``. ``compile_layers`` has the torch backend run each SigLIP layer
+through one compiled function (the layer's parameters are its inputs, so 26 layers share one compile).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -14,6 +17,10 @@ from torch import nn
 
 def _unwrap(output):
     return output[0] if isinstance(output, tuple) else output
+
+
+def _run_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return _unwrap(layer(hidden, None))
 
 
 class VisionEncoder(nn.Module):
@@ -32,6 +39,11 @@ class VisionEncoder(nn.Module):
         # hidden_states[i] is the output after i layers; negative indices count from the last one.
         self.num_layers_run = layer if layer >= 0 else num_layers + 1 + layer
         self.drop_cls = config.vision_feature_select_strategy == "default"
+        self.run_layer: Callable[[nn.Module, torch.Tensor], torch.Tensor] = _run_layer
+
+    def compile_layers(self, wrap: Callable[[Callable, str], Callable]) -> None:
+        """Run the encoder layers through ``wrap(fn, name)`` (``graphs.Compiler``); not for ONNX export."""
+        self.run_layer = wrap(_run_layer, "vision layer", fullgraph=False)  # transformers' code may break the graph
 
     @property
     def hidden_size(self) -> int:
@@ -40,7 +52,7 @@ class VisionEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.vision_model.embeddings(pixel_values)
         for layer in self.vision_model.encoder.layers[: self.num_layers_run]:
-            hidden = _unwrap(layer(hidden, None))
+            hidden = self.run_layer(layer, hidden)
         if self.drop_cls:
             hidden = hidden[:, 1:]
         features = self.projector(hidden)
