@@ -29,7 +29,8 @@ from prune2drive_ros.cameras import (
 )
 from prune2drive_ros.discovery import localhost_discovery_env, ros_distro
 
-STAGES = ("sync_wait", "image_decode", "preprocess", "vision", "prune", "prefill", "decode", "total")
+STAGES = ("sync_wait", "image_decode", "preprocess", "vision", "prune", "prefill", "question", "decode",
+          "total")
 CHUNK = 8
 """Questions sent at once: the node's batch size, well inside its queue of live questions."""
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prune2drive"

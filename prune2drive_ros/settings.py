@@ -193,9 +193,9 @@ SETTINGS: tuple[Setting, ...] = (
             low=0, high=65536, runner=True),
     Setting("cuda_graphs", STRING, "auto", "auto: capture on CUDA, eager elsewhere; off: always eager; on: like "
             "auto, but a failed capture raises", choices=CUDA_GRAPH_MODES, runner=True),
-    Setting("compile", STRING, "auto", "torch.compile (inductor) of the fused layer functions before capture; auto: on "
-            "CUDA where Triton is installed, falling back to uncompiled layers if compiling fails; on: everywhere "
-            "(CPU: inductor's C++ backend), a failure raises; off: never", choices=COMPILE_MODES, runner=True),
+    Setting("compile", STRING, "auto", "torch.compile (inductor) of the layer functions before capture; auto: on "
+            "CUDA with Triton, uncompiled if compiling fails; on: everywhere (CPU: C++), a failure raises; off: never",
+            choices=COMPILE_MODES, runner=True),
     # -- the node -------------------------------------------------------------------------------
     Setting("camera_topics", STRING_ARRAY, default_topics("compressed"),
             "six image topics in DriveMM camera order; left at these defaults they follow image_transport "

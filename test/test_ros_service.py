@@ -95,6 +95,7 @@ class StandInAnswer:
     prefix_reused: bool = False
     kept_indices: list = field(default_factory=lambda: [list(range(7))] * 6)
     path: str = "eager"
+    paths: dict = field(default_factory=dict)
 
 
 class SteppingRunner:

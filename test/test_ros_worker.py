@@ -42,6 +42,7 @@ class StandInAnswer:
     kept_indices: list = field(default_factory=lambda: [list(range(73))] * 6)
     token_ids: list = field(default_factory=lambda: [1, 2, 3])
     path: str = "eager"
+    paths: dict = field(default_factory=dict)
 
     @property
     def flops_ratio(self) -> float:

@@ -75,8 +75,6 @@ def test_quantized_weights_answer_with_pruning_shared_prefix_and_batches(tiny_mo
 def test_quantized_test_bed_is_smaller_and_close_to_full_precision(repo, tmp_path) -> None:
     """On the trained test bed (a random model's wide weights amplify any error): next-token logits
     after a 40-token prompt stay close, the top token is the same, and the bytes shrink."""
-    from transformers import DynamicCache
-
     model = repo / "models" / "testbed"
     full = VLMRunner.from_pretrained(model, max_new_tokens=2)
     torch.manual_seed(0)
@@ -85,7 +83,8 @@ def test_quantized_test_bed_is_smaller_and_close_to_full_precision(repo, tmp_pat
 
     @torch.no_grad()
     def last_logits(runner) -> torch.Tensor:
-        return runner.llm.logits(runner.llm.run_layers(embeds, positions, DynamicCache())[:, -1])
+        hidden = runner.llm.run_prompt(embeds, positions, 0, runner.llm.num_layers, lambda *kv: None)
+        return runner.llm.logits(hidden[:, -1])
 
     reference = last_logits(full)
     sizes = {}
@@ -174,13 +173,13 @@ def test_torchao_int8_path_quantizes_caches_and_reloads_on_cpu(tiny_model, tmp_p
     monkeypatch.setattr(weights_cache, "uses_torchao", lambda device: True)
     settings = dict(weights="int8", pruning="tfps", retain=0.25, max_new_tokens=6, engine_dir=str(tmp_path))
     first = VLMRunner.from_pretrained(tiny_model, **settings)
-    weight = first.model.model.language_model.layers[0].self_attn.q_proj.weight
+    weight = first.model.model.language_model.layers[0].self_attn.qkv_proj.weight
     assert type(weight).__name__ == "Int8Tensor" and type(first.model.lm_head.weight).__name__ == "Int8Tensor"
     assert Q.language_model_bytes(first.model) < Q.language_model_bytes(VLMRunner.from_pretrained(tiny_model).model) / 2
     tokens = [a.token_ids for a in first.answer(_images(6), QUESTIONS)]
     second = VLMRunner.from_pretrained(tiny_model, **settings)
     assert second.weights_source == "cache"
-    assert type(second.model.model.language_model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+    assert type(second.model.model.language_model.layers[0].self_attn.qkv_proj.weight).__name__ == "Int8Tensor"
     assert [a.token_ids for a in second.answer(_images(6), QUESTIONS)] == tokens
 
 
@@ -238,6 +237,7 @@ def test_torchao_weights_on_cuda_capture_graphs_like_bf16_and_cache(tiny_model, 
     reference = bf16.answer(images, QUESTIONS)
     answers = quantized.answer(images, QUESTIONS)
     assert {a.path for a in answers} == {a.path for a in reference} == {"cuda-graph"}
+    assert [a.paths for a in answers] == [a.paths for a in reference]  # every stage captured, as in bf16
     assert all(a.token_ids for a in answers)
     assert Q.language_model_bytes(quantized.model) < Q.language_model_bytes(bf16.model)
     # eager and graphed agree in this precision

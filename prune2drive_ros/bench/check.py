@@ -209,7 +209,7 @@ def measure(args: argparse.Namespace, log: RowLog) -> None:
     log.add(Row("question_ms", pruned.question_ms, "ms", "same question on the built prefix", problem))
     log.add(Row("pre_vision_ms", pruned.pre_vision_ms, "ms", "the runner's preprocess + vision stages", problem))
     layers = model.config.text_config.num_hidden_layers
-    log.add(Row("prune_layer", float(runner.config.layer), "", f"of {layers} layers"))
+    log.add(Row("prune_layer", float(runner.config.prune_layer), "", f"of {layers} layers"))
     log.add(Row("layers", float(layers)))
     kept = pruned.answers[0].kept_per_view
     log.add(Row("tail_flops_ratio", tail_flops_ratio(runner, kept), "x", f"one layer, dense / {sum(kept)} patches kept"))

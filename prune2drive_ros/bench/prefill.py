@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         agreement = sum(a == b for a, b in zip(ours, theirs))
         first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
 
-    head = runner.config.layer / cfg.num_hidden_layers
+    head = runner.config.prune_layer / cfg.num_hidden_layers
     runner.set_pruning(args.pruning)
     for retain in args.retain:
         runner.set_budgets(retain=retain)

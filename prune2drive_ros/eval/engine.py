@@ -39,7 +39,7 @@ from prune2drive_ros.eval.weights import weights_info
 ANSWER_SETTINGS = ("model", "pruning", "retain", "view_ratios", "prune_layer", "max_new_tokens")
 """Settings that change the answers; a folder's answers are only resumed under the same ones."""
 
-STAGES = ("preprocess", "vision", "prune", "prefill", "decode", "total")
+STAGES = ("preprocess", "vision", "prune", "prefill", "question", "decode", "total")
 
 
 # ---------------------------------------------------------------- answering

@@ -18,9 +18,11 @@ from typing import Any
 
 ANSWERED, DROPPED = "answered", "dropped"
 
-TIMING_KEYS = ("sync_wait", "image_decode", "preprocess", "vision", "prune", "prefill", "decode", "total")
-"""Per-answer stages in pipeline order; the runner times the middle six."""
-RUNNER_STAGES = ("preprocess", "vision", "prune", "prefill", "decode", "total")
+TIMING_KEYS = ("sync_wait", "image_decode", "preprocess", "vision", "prune", "prefill", "question", "decode",
+               "total")
+"""Per-answer stages in pipeline order; the runner times the middle seven ("prefill": the visual prefix,
+"question": the question prefill and first token)."""
+RUNNER_STAGES = ("preprocess", "vision", "prune", "prefill", "question", "decode", "total")
 ANSWER_KEYS = ("question", "frame_stamp", *(f"{k}_ms" for k in TIMING_KEYS), "visual_tokens", "kept_tokens",
                "kept_per_view", "flops_ratio", "vision_backend", "device")
 """Keys every answer's /diagnostics status carries (among others)."""

@@ -334,7 +334,8 @@ class VqaService:
             kept_per_view=list(answer.kept_per_view), flops_ratio=answer.flops_ratio, tokens=len(answer.token_ids),
             set_spread_ms=synced.spread_s * 1000.0, set_age_ms=event.set_age_ms, pruning_method=self.info.pruning,
             vision_backend=self.info.vision_backend, vision_backend_reason=self.info.vision_reason,
-            device=self.info.device, runtime_path=answer.path)
+            device=self.info.device,
+            runtime_path="; ".join(f"{stage}: {path}" for stage, path in answer.paths.items()) or answer.path)
         self._outputs.info(record.json)
         self._outputs.diagnostics([self._status(OK, "answer", answer.text[:200], record.diagnostic_values())])
         if self._values["publish_kept_tokens"]:

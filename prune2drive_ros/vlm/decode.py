@@ -33,9 +33,11 @@ BATCH_BUCKETS = (1, 2, 4, 8)
 # eagerly, padding is only wasted work, so buckets start small.
 MIN_QUESTION_BUCKET = {True: 64, False: 8}
 STOP_CHECK_EVERY = 4  # tokens between host reads of "has every sequence stopped"
-MIN_GENERATED_SLOTS = 4  # a capture runs the step three times (two warm-ups, one capture): room for them
+MIN_GENERATED_SLOTS = 4  # a capture runs the step up to three times (warm-ups, capture): room for them
 
-ProgressHook = Callable[[list[list[int]]], Iterable[int] | None]
+MAX_STOP_TOKENS = 8  # stop tokens the device-side stop flags can hold
+
+Progress = Callable[[list[list[int]]], Iterable[int] | None]
 """``on_progress(tokens per sequence so far) -> indices of sequences to stop`` (None: stop none)."""
 
 
@@ -77,7 +79,7 @@ class Sampler:
 
 class DecodeBatch:
     def __init__(self, llm: PrunedLanguageModel, cache: StaticKVCache, prompt_length: int, buckets: Sequence[int],
-                 max_new_tokens: int, eos_ids: Sequence[int], sampler: Sampler, graphs: GraphSet):
+                 max_new_tokens: int, sampler: Sampler, graphs: GraphSet):
         self.llm, self.cache, self.sampler, self.graphs = llm, cache, sampler, graphs
         self.prompt_length = int(prompt_length)
         self.buckets = tuple(buckets)
@@ -96,7 +98,8 @@ class DecodeBatch:
         self.generated = torch.zeros(1, dtype=torch.long, device=device)  # tokens fed so far after the first
         self.out = torch.zeros((rows, self.max_new_tokens), dtype=torch.long, device=device)
         self.done = torch.zeros(rows, dtype=torch.bool, device=device)
-        self.eos = torch.tensor(list(eos_ids) or [-1], device=device)
+        self.eos = torch.full((MAX_STOP_TOKENS,), -1, dtype=torch.long, device=device)  # -1: no token
+        self._stops: tuple[int, ...] | None = None
         self.slot_index = torch.arange(slots, device=device)
         self.row_index = torch.arange(rows, device=device)
         self.question_positions = self.prompt_length + self.slot_index[:questions]
@@ -183,7 +186,17 @@ class DecodeBatch:
             (self._first if kind == "question" else self._advance)(logits)
 
     # -- host side ------------------------------------------------------------------------------------
-    def start(self, questions: Sequence[Sequence[int]], pad_id: int, paths: StagePaths | None = None) -> tuple[int, int]:
+    def _set_stops(self, eos_ids: Sequence[int]) -> None:
+        """The stop tokens the captured functions compare with (a buffer: changing them captures nothing)."""
+        stops = tuple(eos_ids)
+        if stops != self._stops:
+            if len(stops) > MAX_STOP_TOKENS:
+                raise ValueError(f"at most {MAX_STOP_TOKENS} stop tokens, got {len(stops)}")
+            self.eos.copy_(torch.tensor([*stops, *[-1] * (MAX_STOP_TOKENS - len(stops))]))
+            self._stops = stops
+
+    def start(self, questions: Sequence[Sequence[int]], pad_id: int, eos_ids: Sequence[int],
+              paths: StagePaths | None = None) -> tuple[int, int]:
         """Prefill ``questions`` (token ids) in rows [:bucket] and pick each one's first token.
 
         Returns the rows and the question bucket the batch runs in.
@@ -194,6 +207,7 @@ class DecodeBatch:
         if rows > self.rows or not self.buckets or longest > self.buckets[-1]:
             raise ValueError(f"{batch} questions of up to {longest} tokens do not fit this decode batch "
                              f"({self.rows} rows, questions up to {self.buckets[-1] if self.buckets else 0} tokens)")
+        self._set_stops(eos_ids)
         width = next(b for b in self.buckets if b >= longest)
         ids, lengths = self._host_ids.numpy(), self._host_lengths.numpy()
         for i in range(rows):
@@ -207,48 +221,57 @@ class DecodeBatch:
         self._run("question", rows, width, paths)
         return rows, width
 
-    def start_after_prompt(self, prefix: Prefix) -> tuple[int, int]:
+    def start_after_prompt(self, prefix: Prefix, eos_ids: Sequence[int]) -> tuple[int, int]:
         """Decode right after a prefill that already held the question (question-dependent pruners; eager).
         The cache must sit on that prefill (``StaticKVCache.on_prefix``)."""
+        self._set_stops(eos_ids)
         self.lengths[:1] = 0
         self._first(self.llm.logits(prefix.last_hidden))
         return 1, 0
 
     def generate(self, rows: int, width: int, batch: int, max_new_tokens: int, eos_ids: Sequence[int],
-                 paths: StagePaths | None = None, on_progress: ProgressHook | None = None) -> list[list[int]]:
+                 paths: StagePaths | None = None, on_progress: Progress | None = None) -> list[list[int]]:
         """Up to ``max_new_tokens`` per sequence (the first came from ``start``), each cut after its first stop
-        token. Without ``on_progress`` the loop reads only the stop flags, every few steps. With it the check runs
-        every step and reads the tokens too (still one host read): the callback gets each question's tokens so
-        far and returns the indices of the questions to stop there (a cancel then frees the batch within a step)."""
+        token.
+
+        Without ``on_progress`` the loop reads the device every few tokens (has every sequence stopped?). With
+        it, that read happens before every step and brings the tokens too (still one host read): the callback
+        gets each sequence's tokens so far and returns the indices of sequences to stop; a stopped sequence
+        ends where it is, and the loop ends once every one has ended.
+        """
         if max_new_tokens > self.max_new_tokens:
             raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the configured {self.max_new_tokens}")
-        produced, ends = 1, {}
+        stops = set(eos_ids)
+        stopped: dict[int, int] = {}  # sequence -> its length when it was stopped
         check_every = STOP_CHECK_EVERY if on_progress is None else 1
+        produced = 1
         for step in range(1, max_new_tokens):
             if step % check_every == 0:
                 if on_progress is None:
                     if bool(self.done[:batch].all()):
                         break
-                elif self._progress(batch, produced, eos_ids, on_progress, ends):
+                elif self._report(batch, produced, stops, stopped, on_progress):
                     break
             self._run("step", rows, width, paths)
             produced = step + 1
-        if produced == 1 and paths is not None:
+        if produced == 1 and paths is not None:  # no step ran: say how it would have
             paths.note("decode", self.graphs.enabled and self._calls.get(("step", rows, width)) is not None,
                        self.graphs.eager_reason(f"step {rows}x{width}"))
-        return [_cut(seq[: ends.get(i, produced)], eos_ids) for i, seq in enumerate(self.out[:batch, :produced].tolist())]
+        return [_cut(seq, stops, stopped.get(i)) for i, seq in enumerate(self.out[:batch, :produced].tolist())]
 
-    def _progress(self, batch: int, produced: int, eos_ids, on_progress: ProgressHook, ends: dict[int, int]) -> bool:
-        """One host read at a stop check: the tokens so far; True when every question has ended."""
-        so_far = self.out[:batch, :produced].tolist()
-        current = [_cut(seq[: ends.get(i, produced)], eos_ids) for i, seq in enumerate(so_far)]
-        for index in on_progress(current) or ():
-            if 0 <= index < batch:
-                ends.setdefault(index, produced)
-        return all(i in ends or len(seq) < produced or (seq and seq[-1] in eos_ids)
-                   for i, seq in enumerate(current))
+    def _report(self, batch: int, produced: int, stops: set[int], stopped: dict[int, int],
+                on_progress: Progress) -> bool:
+        """Hand the tokens so far to ``on_progress`` and record the sequences it stops; True when all ended."""
+        rows = torch.cat([self.done[:batch, None].long(), self.out[:batch, :produced]], dim=1).tolist()  # one read
+        tokens = [_cut(row[1:], stops, stopped.get(i)) for i, row in enumerate(rows)]
+        for i in on_progress(tokens) or ():
+            if 0 <= i < batch:
+                stopped.setdefault(i, len(tokens[i]))
+        return all(row[0] or i in stopped for i, row in enumerate(rows))
 
 
-def _cut(seq: list[int], eos_ids: Sequence[int]) -> list[int]:
-    stops = set(eos_ids)
-    return seq[: next((i + 1 for i, t in enumerate(seq) if t in stops), len(seq))]
+def _cut(seq: list[int], stops: set[int], length: int | None = None) -> list[int]:
+    """``seq`` up to and including its first stop token, and at most ``length`` long."""
+    seq = seq if length is None else seq[:length]
+    end = next((i + 1 for i, t in enumerate(seq) if t in stops), len(seq))
+    return seq[:end]

@@ -3,9 +3,10 @@
 transformers' own layer is the reference: the parity tests compare this one with it and with
 ``generate``. This one computes the same math with fewer, larger kernels and no cache object:
 
-- q/k/v and gate/up are one GEMM each. The fused weights are built once, at load time, and the
-  stock modules' weights become views into them, so nothing is stored twice and transformers'
-  ``generate`` still runs on the very same tensors.
+- q/k/v and gate/up are one GEMM each. ``fuse_layer`` builds the fused ``qkv_proj`` and
+  ``gate_up_proj`` linears once, at load time, inside the decoder layer; the stock ``q_proj`` ...
+  ``up_proj`` become ``FusedPart`` views of them, so each weight is stored (and quantized, see
+  ``quantize``) once and transformers' ``generate`` still runs on the very same weights.
 - The caller passes cos/sin, the KV buffers and what each token may see. One function body therefore
   serves every layer, and ``torch.compile`` compiles it once per mode instead of once per layer.
 - Two attention modes:
@@ -22,49 +23,23 @@ transformers' own layer is the reference: the parity tests compare this one with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Projection = Tensor | nn.Module
-"""A projection's weight, or (quantized weights) a module that owns its kernel and bias."""
-
 
 class LayerWeights(NamedTuple):
+    """What a layer function reads: the norms' weights and the four projections (``nn.Linear``, or the
+    quantized modules that replace them)."""
+
     input_norm: Tensor
     post_norm: Tensor
-    qkv: Projection  # [(heads + 2 kv_heads) head_dim, hidden]
-    qkv_bias: Tensor | None
-    o: Projection
-    o_bias: Tensor | None
-    gate_up: Projection  # [2 ffn, hidden]
-    gate_up_bias: Tensor | None
-    down: Projection
-    down_bias: Tensor | None
-
-
-class Concat(nn.Module):
-    """Projections that read the same input, run one after the other: packed low-bit weights (``weights=int8|
-    int4|fp8``) cannot be concatenated into one GEMM, so quantized layers keep their stock projections."""
-
-    def __init__(self, projections: list[nn.Module]):
-        super().__init__()
-        self.projections = nn.ModuleList(projections)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([p(x) for p in self.projections], dim=-1)
-
-
-def _linear(x: Tensor, weight: Projection, bias: Tensor | None) -> Tensor:
-    return F.linear(x, weight, bias) if isinstance(weight, Tensor) else weight(x)
-
-
-def _plain(module: nn.Module) -> bool:
-    """A stock ``nn.Linear`` with a plain weight (not a quantized module or a tensor subclass)."""
-    return type(module) is nn.Linear and type(module.weight) is nn.Parameter
+    qkv: nn.Module  # [(heads + 2 kv_heads) head_dim] outputs
+    o: nn.Module
+    gate_up: nn.Module  # [2 ffn] outputs
+    down: nn.Module
 
 
 @dataclass(frozen=True)
@@ -83,42 +58,62 @@ class LayerShape:
         object.__setattr__(self, "scale", self.head_dim**-0.5)
 
 
-def _fuse(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
-    """One weight (and bias) for linears that read the same input; their own parameters become views of it."""
-    weights = [lin.weight for lin in linears]
-    storage = weights[0].untyped_storage()
-    adjacent = all(w.untyped_storage().data_ptr() == storage.data_ptr() and w.is_contiguous() for w in weights) and all(
-        a.storage_offset() + a.numel() == b.storage_offset() for a, b in pairwise(weights))
-    rows = sum(w.shape[0] for w in weights)
-    if adjacent:  # fused already (a second runner on the same model): view the same memory
-        fused = weights[0].new_empty(0).set_(storage, weights[0].storage_offset(), (rows, weights[0].shape[1]))
-    else:
-        fused = torch.cat([w.detach() for w in weights])
-    biases = [lin.bias for lin in linears]
-    bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+class FusedPart(nn.Module):
+    """One of the projections fused into ``parent.<fused>`` (q, k or v of qkv; gate or up of gate_up).
+
+    transformers' own forward keeps calling ``q_proj(x)`` and gets its slice of the fused output; the
+    weight lives in the fused linear only. The fused module is looked up by name on each call, so it can
+    be replaced (by a quantized one) after fusing.
+    """
+
+    def __init__(self, parent: nn.Module, fused: str, start: int, stop: int):
+        super().__init__()
+        self._parent = (parent,)  # a tuple: not a submodule, or the module tree would hold a cycle
+        self.fused, self.start, self.stop = fused, start, stop
+        self.in_features, self.out_features = getattr(parent, fused).in_features, stop - start
+
+    def forward(self, x: Tensor) -> Tensor:
+        return getattr(self._parent[0], self.fused)(x)[..., self.start : self.stop]
+
+    @property
+    def weight(self) -> Tensor:
+        return getattr(self._parent[0], self.fused).weight[self.start : self.stop]
+
+    @property
+    def bias(self) -> Tensor | None:
+        bias = getattr(self._parent[0], self.fused).bias
+        return None if bias is None else bias[self.start : self.stop]
+
+
+def _fuse(parent: nn.Module, fused: str, parts: tuple[str, ...]) -> None:
+    """Replace the linears ``parts`` of ``parent`` (which read the same input) by one linear ``fused``."""
+    if hasattr(parent, fused):  # a second runner on the same model
+        return
+    linears = [getattr(parent, name) for name in parts]
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    bias = None if linears[0].bias is None else torch.cat([lin.bias.detach() for lin in linears])
+    linear = nn.Linear(linears[0].in_features, weight.shape[0], bias=bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias, requires_grad=False)
+    setattr(parent, fused, linear)
     start = 0
-    for lin in linears:
-        n = lin.weight.shape[0]
-        lin.weight = nn.Parameter(fused[start : start + n], requires_grad=False)
-        if bias is not None:
-            lin.bias = nn.Parameter(bias[start : start + n], requires_grad=False)
-        start += n
-    return fused, bias
+    for name, lin in zip(parts, linears, strict=True):
+        setattr(parent, name, FusedPart(parent, fused, start, start + lin.out_features))
+        start += lin.out_features
 
 
-def fuse_layer(layer: nn.Module) -> LayerWeights:
-    """The fused weights of a transformers ``LlamaDecoderLayer`` / ``Qwen2DecoderLayer``."""
+def fuse_layer(layer: nn.Module) -> None:
+    """Fuse q/k/v and gate/up of a transformers ``LlamaDecoderLayer`` / ``Qwen2DecoderLayer`` in place."""
+    _fuse(layer.self_attn, "qkv_proj", ("q_proj", "k_proj", "v_proj"))
+    _fuse(layer.mlp, "gate_up_proj", ("gate_proj", "up_proj"))
+
+
+def layer_weights(layer: nn.Module) -> LayerWeights:
+    """The modules a fused layer runs with (read again after quantization replaced some of them)."""
     attn, mlp = layer.self_attn, layer.mlp
-    projections = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-    if not all(_plain(p) for p in projections):
-        return LayerWeights(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
-                            Concat([attn.q_proj, attn.k_proj, attn.v_proj]), None, attn.o_proj, None,
-                            Concat([mlp.gate_proj, mlp.up_proj]), None, mlp.down_proj, None)
-    qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-    gate_up, gate_up_bias = _fuse([mlp.gate_proj, mlp.up_proj])
-    return LayerWeights(layer.input_layernorm.weight, layer.post_attention_layernorm.weight, qkv, qkv_bias,
-                        attn.o_proj.weight, attn.o_proj.bias, gate_up, gate_up_bias, mlp.down_proj.weight,
-                        mlp.down_proj.bias)
+    return LayerWeights(layer.input_layernorm.weight, layer.post_attention_layernorm.weight, attn.qkv_proj,
+                        attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -138,7 +133,7 @@ def _qkv(x: Tensor, cos: Tensor, sin: Tensor, w: LayerWeights, shape: LayerShape
     """Normed input -> q [R, S, heads, d], k and v [R, S, kv_heads, d], with RoPE on q and k."""
     rows, length, _ = x.shape
     q_size, kv_size = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    q, k, v = _linear(rms_norm(x, w.input_norm, shape.eps), w.qkv, w.qkv_bias).split([q_size, kv_size, kv_size], -1)
+    q, k, v = w.qkv(rms_norm(x, w.input_norm, shape.eps)).split([q_size, kv_size, kv_size], -1)
     q = q.view(rows, length, shape.heads, shape.head_dim)
     k = k.view(rows, length, shape.kv_heads, shape.head_dim)
     v = v.view(rows, length, shape.kv_heads, shape.head_dim)
@@ -148,9 +143,9 @@ def _qkv(x: Tensor, cos: Tensor, sin: Tensor, w: LayerWeights, shape: LayerShape
 
 def _finish(x: Tensor, attended: Tensor, w: LayerWeights, shape: LayerShape) -> Tensor:
     """Output projection and residual, then the SwiGLU MLP and residual."""
-    x = x + _linear(attended, w.o, w.o_bias)
-    gate, up = _linear(rms_norm(x, w.post_norm, shape.eps), w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
-    return x + _linear(F.silu(gate) * up, w.down, w.down_bias)
+    x = x + w.o(attended)
+    gate, up = w.gate_up(rms_norm(x, w.post_norm, shape.eps)).chunk(2, dim=-1)
+    return x + w.down(F.silu(gate) * up)
 
 
 def prompt_layer(x: Tensor, cos: Tensor, sin: Tensor, w: LayerWeights, shape: LayerShape) -> tuple[Tensor, Tensor, Tensor]:

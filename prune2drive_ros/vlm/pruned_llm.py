@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from prune2drive_ros.vlm.kv_cache import StaticKVCache
-from prune2drive_ros.vlm.layers import LayerShape, LayerWeights, cached_layer, fuse_layer, prompt_layer, rms_norm
+from prune2drive_ros.vlm.layers import LayerShape, cached_layer, fuse_layer, layer_weights, prompt_layer, rms_norm
 from prune2drive_ros.vlm.plan import PrunePlan
 
 SUPPORTED_TEXT_ARCHS = ("llama", "qwen2")
@@ -91,8 +91,9 @@ class PrunedLanguageModel(nn.Module):
         self.kv_heads = text.num_key_value_heads
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.shape = LayerShape(text.num_attention_heads, self.kv_heads, self.head_dim, self.norm.variance_epsilon)
-        self.weights: list[LayerWeights] = []
-        self.load_weights()
+        for layer in self.layers:
+            fuse_layer(layer)
+        self.refresh()
         shape = self.shape
 
         # Closures over the layer shape: the shape is a compile-time constant, the tensors are inputs, so
@@ -106,10 +107,9 @@ class PrunedLanguageModel(nn.Module):
         self.prompt_layer: Callable = prompt
         self.cached_layer: Callable = cached
 
-    def load_weights(self) -> None:
-        """The layer functions' weights from transformers' modules: fused at load, and again after quantization
-        replaced the projections (``weights=int8|int4|fp8``)."""
-        self.weights = [fuse_layer(layer) for layer in self.layers]
+    def refresh(self) -> None:
+        """Read the layers' modules again (quantization replaces some of them after fusing)."""
+        self.weights = [layer_weights(layer) for layer in self.layers]
 
     def compile_layers(self, wrap: Callable[[Callable, str], Callable]) -> None:
         """Replace the two layer functions by ``wrap(fn, name)`` (``graphs.Compiler`` compiles them)."""

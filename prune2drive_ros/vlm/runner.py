@@ -31,7 +31,7 @@ from prune2drive_ros.cameras import NUM_CAMERAS
 from prune2drive_ros.pruning import get_pruner, layer_flops, view_budgets
 from prune2drive_ros.vlm.backends import make_vision_backend
 from prune2drive_ros.vlm.config import DEFAULT_MAX_QUESTION_TOKENS, RunnerConfig
-from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, ProgressHook, Sampler, question_buckets
+from prune2drive_ros.vlm.decode import BATCH_BUCKETS, DecodeBatch, Progress, Sampler, question_buckets
 from prune2drive_ros.vlm.graphs import Compiler, GraphSet, StagePaths, summary
 from prune2drive_ros.vlm.info import RunnerInfo
 from prune2drive_ros.vlm.kv_cache import StaticKVCache
@@ -51,7 +51,7 @@ OnProgress = Callable[[Mapping[int, list[int]]], Iterable[int] | None]
 """``VLMRunner.answer``'s ``on_progress({question index: tokens so far}) -> question indices to stop``."""
 
 
-def _shifted(on_progress: OnProgress | None, start: int) -> ProgressHook | None:
+def _shifted(on_progress: OnProgress | None, start: int) -> Progress | None:
     """The decode loop's callback (rows of one batch) for questions ``start``, ``start + 1``, ... of the call."""
     if on_progress is None:
         return None
@@ -156,7 +156,7 @@ class VLMRunner:
         if config.weights in FLOAT_WEIGHTS:
             model.to(FLOAT_WEIGHTS[config.weights])
         self.dtype = next(model.parameters()).dtype
-        self.llm = PrunedLanguageModel(model)
+        self.llm = PrunedLanguageModel(model)  # fuses q/k/v and gate/up: quantization sees the fused linears
         self.weights_source = self._quantize(model_dir)
         if not 0 <= config.layer < self.llm.num_layers:
             raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.layer}")
@@ -191,21 +191,21 @@ class VLMRunner:
         self._static: StaticPrefill | None = None
         self._decode: DecodeBatch | None = None
         self.warmup_ms = 0.0
-        self.last_paths: dict[str, str] = {}
-        """Per-stage paths of the last answer (``RunnerInfo.paths``)."""
+        self.paths: dict[str, str] = {}
+        """Per-stage paths of the last answer, or of the warm-up (``RunnerInfo.paths``)."""
         self.set_budgets(retain=config.retain, view_ratios=config.view_ratios, warm_up=False)
 
     # -- construction --------------------------------------------------------------------------
     def _quantize(self, model_dir) -> str:
         """Quantize the language model's weights as ``config.weights`` says (after the model is laid out
-        as the runtime calls it); returns where they came from."""
+        as the runtime calls it: q/k/v and gate/up fused); returns where they came from."""
         weights = self.config.weights
         check_weights(weights, self.device, self.dtype)
         if weights not in QUANTIZED_WEIGHTS:
             return "checkpoint"
         source = load_or_quantize(self.model, weights, model_dir, self.config.engine_dir)
         self.llm.lm_head = self.model.lm_head  # the CPU layers replace the module itself
-        self.llm.load_weights()  # the layer functions run the quantized projections
+        self.llm.refresh()
         return source
 
     @classmethod
@@ -291,7 +291,7 @@ class VLMRunner:
             self._static = StaticPrefill(self.llm, self.layout, self.plan, self.pruner, self.graphs, cache,
                                          self.tfps_precision)
             self._decode = DecodeBatch(self.llm, cache, self.layout.length, self.question_buckets, new_tokens,
-                                       self.eos_token_ids, self.sampler, self.graphs)
+                                       self.sampler, self.graphs)
         if warm_up and self.graphs.enabled:
             self.warm_up()
 
@@ -325,6 +325,11 @@ class VLMRunner:
     def vision_backend_name(self) -> str:
         return self.vision.name
 
+    @property
+    def prefix(self) -> Prefix | None:
+        """The prefilled visual prefix of the last frame set (None before the first answer)."""
+        return self._prefix
+
     def info(self) -> RunnerInfo:
         """What this runner is: device, dtype, vision backend and why, pruning, paths, warm-up time."""
         return RunnerInfo(
@@ -332,16 +337,6 @@ class VLMRunner:
             vision_backend=self.vision.name, vision_reason=self.vision.reason, pruning=self.config.pruning,
             prune_layer=self.config.layer, budgets=tuple(self.budgets), tokens_per_view=self.tokens_per_view,
             max_new_tokens=self.max_new_tokens, warmup_ms=self.warmup_ms, paths=dict(self.paths))
-
-    @property
-    def prefix(self) -> Prefix | None:
-        """The prefilled visual prefix of the last frame set (None before the first answer)."""
-        return self._prefix
-
-    @property
-    def paths(self) -> dict[str, str]:
-        """How each stage ran in the last answer (or in the warm-up): ``Answer.paths``."""
-        return dict(self.last_paths)
 
     # -- input checks --------------------------------------------------------------------------
     def _question_ids(self, questions: Sequence[str]) -> list[list[int]]:
@@ -407,8 +402,8 @@ class VLMRunner:
                 prefix = self._prefix
             results: list[list[int]] = []
             for start in range(0, len(suffixes), BATCH_BUCKETS[-1]):
-                results += self._answer_on_prefix(suffixes, start, new_tokens, timer, paths,
-                                                 _shifted(on_progress, start))
+                results += self._answer_on_prefix(suffixes[start : start + BATCH_BUCKETS[-1]], new_tokens, timer,
+                                                  paths, _shifted(on_progress, start))
             self._check_finite()
             prefix.key = key
             self._prefix = prefix
@@ -426,8 +421,8 @@ class VLMRunner:
         measured = timer.ms  # after the tokens' host read: reading the events waits for nothing
         timings = {k: measured.get(k, 0.0) for k in STAGES}
         timings["total"] = total_ms
-        self.last_paths = paths.resolve()
-        return [self._make_answer(tokens, prefill, len(suffix), timings, reuse, self.last_paths)
+        self.paths = paths.resolve()
+        return [self._make_answer(tokens, prefill, len(suffix), timings, reuse, self.paths)
                 for tokens, prefill, suffix, reuse in zip(results, prefills, suffixes, shared)]
 
     # -- steps ---------------------------------------------------------------------------------
@@ -452,18 +447,17 @@ class VLMRunner:
         if self.plan.graph_selection and not bool(self._static.finite):
             raise ValueError("features contain NaN or inf values; token pruning needs finite features")
 
-    def _answer_on_prefix(self, suffixes: list[list[int]], start: int, new_tokens: int, timer: StageTimer,
-                          paths: StagePaths, hook: ProgressHook | None) -> list[list[int]]:
-        """Questions ``[start, start + 8)`` prefilled on the shared prefix at once, then decoded as one batch."""
-        chunk = suffixes[start : start + BATCH_BUCKETS[-1]]
+    def _answer_on_prefix(self, chunk: list[list[int]], new_tokens: int, timer: StageTimer, paths: StagePaths,
+                          on_progress: Progress | None) -> list[list[int]]:
+        """Up to eight questions prefilled on the shared prefix at once, then decoded as one batch."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with timer.stage("question"):
-            rows, width = self._decode.start(chunk, pad, paths)
+            rows, width = self._decode.start(chunk, pad, self.eos_token_ids, paths)
         with timer.stage("decode"):
-            return self._decode.generate(rows, width, len(chunk), new_tokens, self.eos_token_ids, paths, hook)
+            return self._decode.generate(rows, width, len(chunk), new_tokens, self.eos_token_ids, paths, on_progress)
 
     def _answer_alone(self, suffix: list[int], new_tokens: int, timer: StageTimer, paths: StagePaths,
-                      on_progress: ProgressHook | None = None):
+                      on_progress: Progress | None):
         """Question-dependent pruning: the whole prompt is prefilled (and pruned) for this question, eagerly."""
         ids = torch.tensor(suffix, device=self.device)
         embeds = torch.cat([self.embeds, self.llm.embed_tokens(ids[None])], dim=1)
@@ -478,9 +472,9 @@ class VLMRunner:
                                        timer=timer)
         with timer.stage("decode"):
             cache = StaticKVCache.on_prefix(prefill.keys, prefill.values, 1, max(new_tokens, 4))
-            batch = DecodeBatch(self.llm, cache, prefill.prompt_length, (), new_tokens, self.eos_token_ids,
-                                self.sampler, GraphSet(False, off_reason=why))
-            rows, width = batch.start_after_prompt(prefill)
+            batch = DecodeBatch(self.llm, cache, prefill.prompt_length, (), new_tokens, self.sampler,
+                                GraphSet(False, off_reason=why))
+            rows, width = batch.start_after_prompt(prefill, self.eos_token_ids)
             tokens = batch.generate(rows, width, 1, new_tokens, self.eos_token_ids, on_progress=on_progress)[0]
         return tokens, prefill
 

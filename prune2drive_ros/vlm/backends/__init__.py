@@ -92,7 +92,7 @@ def make_vision_backend(requested: str, encoder, *, device: torch.device, dtype:
             continue
         break
     else:
-        backend = TorchVisionBackend(encoder)
+        backend = TorchVisionBackend(encoder, compile=False)
     if failures:
         earlier = [reason.removeprefix("fallback: ")] if reason.startswith("fallback") else []
         reason = "fallback: " + "; ".join([*failures, *earlier])

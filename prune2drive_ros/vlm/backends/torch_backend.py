@@ -8,7 +8,9 @@ import torch
 class TorchVisionBackend:
     name = "torch"
 
-    def __init__(self, encoder: torch.nn.Module, compile: bool = False):
+    def __init__(self, encoder: torch.nn.Module, *, compile: bool):
+        """``compile``: torch.compile the whole encoder (``bench vision`` compares it); the runner's ``compile``
+        setting instead compiles the encoder's layers (``VisionEncoder.compile_layers``)."""
         self.encoder = encoder
         self._run = torch.compile(encoder, dynamic=False) if compile else encoder
         self.reason = ""
