@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -48,6 +49,21 @@ def shutdown_context(context) -> None:
     context.destroy()
 
 
+@pytest.fixture(autouse=True)
+def _no_context_left_to_the_garbage_collector(request):
+    """A ROS test must destroy every context it shut down (``shutdown_context``); see there why."""
+    yield
+    if request.node.get_closest_marker("ros") is None or "rclpy.context" not in sys.modules:
+        return
+    from rclpy.context import Context
+
+    leaked = [c for c in gc.get_objects()
+              if isinstance(c, Context) and c.handle is not None and c.handle.pointer and not c.ok()]
+    for context in leaked:
+        context.destroy()
+    assert not leaked, f"{len(leaked)} rclpy context(s) shut down but not destroyed: use shutdown_context"
+
+
 def wait_for(predicate, timeout: float, period: float = 0.05):
     """Poll ``predicate`` until it returns something truthy or ``timeout`` passes; returns its last value."""
     deadline = time.monotonic() + timeout
@@ -82,7 +98,7 @@ def tiny_qwen_model(tmp_path_factory) -> Path:
 
 # What setup.py needs to build the package; copied so that parallel runs never share a build/ folder.
 _BUILD_INPUTS = ["setup.py", "setup.cfg", "pyproject.toml", "package.xml", "README.md", "resource", "launch", "config",
-                 "prune2drive_ros"]
+                 "models", "prune2drive_ros"]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ or source a ROS 2 install); with ``P2D_REQUIRE_ROS2_CLI=1`` (CI) they fail inste
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import InstalledPackage, wait_for
 
 pytestmark = pytest.mark.ros
@@ -230,6 +232,25 @@ class TestLaunch:
             echo.ctrl_c(30)
             echo.kill()
 
+    def test_the_answer_stream_and_cancel_lines(self, shell, launch) -> None:
+        """The README's `ros2 topic echo /vlm/answer_stream ...` and `ros2 topic pub --once /vlm/cancel ...`."""
+        echo = shell.start("stream", shell.ros2_exe, "topic", "echo", "--full-length", "/vlm/answer_stream",
+                           "std_msgs/msg/String")
+        try:
+            deadline = time.monotonic() + 150
+            while '"done":true' not in echo.text() and time.monotonic() < deadline:
+                pub = shell.ros2("topic", "pub", "--once", "/vlm/question", "std_msgs/msg/String",
+                                 f"data: '{QUESTION}'")
+                assert "publishing #1" in pub.stdout, pub.stdout
+                wait_for(lambda: '"done":true' in echo.text(), 30, period=0.2)
+            assert '"done":true' in echo.text(), f"{echo.text()}\n--- launch log:\n{launch.text()}"
+        finally:
+            echo.ctrl_c(30)
+            echo.kill()
+        pub = shell.ros2("topic", "pub", "--once", "/vlm/cancel", "std_msgs/msg/String", "data: 'all'")
+        assert "publishing #1" in pub.stdout, pub.stdout
+        assert wait_for(lambda: "cancel all:" in launch.text(), 30, period=0.2), launch.text()
+
     def test_ctrl_c_finishes_the_node_cleanly(self, launch) -> None:
         code = launch.ctrl_c(30)
         text = launch.text()
@@ -237,6 +258,42 @@ class TestLaunch:
         assert "[drive_vqa_node-1]: process has finished cleanly" in text, text
         assert "process has died" not in text, text
         assert code == 0, text
+
+
+def test_a_bare_launch_answers_a_question(shell, cameras, tmp_path) -> None:
+    """``ros2 launch prune2drive_ros drive_vqa.launch.py`` with no arguments at all: the default hub model is
+    not in the (empty) Hugging Face cache, so the node runs the shipped test bed, says so in one WARN line,
+    and answers the first ``ros2 topic pub --once /vlm/question`` after it is active."""
+    env = {**shell.env, "HF_HUB_CACHE": str(tmp_path / "empty-hub-cache")}
+    job = Job([shell.ros2_exe, "launch", "prune2drive_ros", "drive_vqa.launch.py"], env, tmp_path / "bare.log")
+    echo = None
+    try:
+        state = shell.poll_ros2("active [3]", "lifecycle", "get", NODE, timeout=START_TIMEOUT)
+        assert "active [3]" in state, f"{state}\n--- launch log:\n{job.text()}"
+        echo = shell.start("bare-echo", shell.ros2_exe, "topic", "echo", "--full-length", "/vlm/answer_info",
+                           "std_msgs/msg/String")
+        info = shell.poll_ros2("Subscription count: 1", "topic", "info", "/vlm/answer_info")
+        assert "Subscription count: 1" in info, info
+        pub = shell.ros2("topic", "pub", "--once", "/vlm/question", "std_msgs/msg/String", f"data: '{QUESTION}'")
+        assert "publishing #1" in pub.stdout, pub.stdout
+        assert wait_for(lambda: "status" in echo.text(), 120, period=0.2), f"{echo.text()}\n--- {job.text()}"
+        record = json.loads(yaml.safe_load(echo.text().split("---")[0])["data"])
+        assert record["status"] == "answered" and record["question"] == QUESTION, record
+        # Answered on the first frame set at hand: the worker was idle and the cameras stream at 6 Hz.
+        assert record["timings_ms"]["question_wait"] < 1000.0, record
+        log = job.text()
+        warnings = [line for line in log.splitlines() if "not in the local Hugging Face cache" in line]
+        assert len(warnings) == 1 and "WARN" in warnings[0] and "test bed" in warnings[0], log
+        assert "hf download" in warnings[0]
+        code = job.ctrl_c(30)
+        assert code == 0 and "process has finished cleanly" in job.text(), job.text()
+    finally:
+        if echo is not None:
+            echo.ctrl_c(30)
+            echo.kill()
+        job.ctrl_c(30)
+        job.kill()
+        shell.stop_daemon()
 
 
 def test_ros2_run_then_lifecycle_set_configure_and_activate(shell, tiny_model) -> None:

@@ -183,6 +183,14 @@ class Harness:
     def ask(self, text: str, source: str = LIVE):
         return self.service.question(text, source)
 
+    def busy_with(self, text: str):
+        """Cameras on and ``text`` asked, its inference held at the runner's gate (the test opens it)."""
+        self.runner.gate.clear()
+        self.cameras()
+        question = self.ask(text)
+        assert self.runner.started.wait(10)
+        return question
+
     def done(self, question_id: int) -> bool:
         return bool(self.out.record(question_id))
 
@@ -248,10 +256,7 @@ def test_a_stream_period_of_zero_streams_every_step() -> None:
 def test_cancelling_a_waiting_question_drops_only_it() -> None:
     runner = SteppingRunner()
     with Harness(runner) as h:
-        runner.gate.clear()
-        h.cameras()
-        first = h.ask("first")
-        assert runner.started.wait(10)
+        first = h.busy_with("first")
         second, third = h.ask("second"), h.ask("third")
         assert h.service.cancel(str(second.id)) == [second.id]
         runner.gate.set()
@@ -291,10 +296,7 @@ def test_a_cancel_stops_the_decode_at_the_next_step_and_the_next_question_is_ans
 def test_a_cancel_names_only_its_question_in_a_batch() -> None:
     runner = SteppingRunner(steps=10)
     with Harness(runner) as h:
-        runner.gate.clear()
-        h.cameras()
-        warm = h.ask("warm-up")
-        assert runner.started.wait(10)
+        warm = h.busy_with("warm-up")
         a, b = h.ask("a"), h.ask("b")
         runner.before_step = lambda step: step == 3 and len(runner.calls) == 2 and h.service.cancel(f"{b.id}")
         runner.gate.set()
@@ -308,10 +310,7 @@ def test_a_cancel_names_only_its_question_in_a_batch() -> None:
 def test_cancel_all_and_a_bad_cancel() -> None:
     runner = SteppingRunner()
     with Harness(runner) as h:
-        runner.gate.clear()
-        h.cameras()
-        questions = [h.ask(f"q{i}") for i in range(3)]
-        assert runner.started.wait(10)
+        questions = [h.busy_with("q0"), h.ask("q1"), h.ask("q2")]
         assert h.service.cancel("not-an-id") == []
         assert sorted(h.service.cancel("all")) == sorted(q.id for q in questions)
         runner.gate.set()
@@ -336,10 +335,7 @@ def test_bad_cancel_messages(text: str) -> None:
 def test_a_question_whose_set_went_stale_while_it_waited_is_dropped_with_the_reason() -> None:
     runner = SteppingRunner()
     with Harness(runner, max_answer_age_s=1.0) as h:
-        runner.gate.clear()
-        h.cameras()
-        first = h.ask("first")
-        assert runner.started.wait(10)
+        first = h.busy_with("first")
         waiting = h.ask("asked while the set was fresh")
         h.clock.advance(2.5)  # the inference ahead of it took long and the cameras stopped
         runner.gate.set()

@@ -31,6 +31,8 @@ OTHER_MEANING = {
     **{(f"prune2drive_ros/bench/{name}.py", "--retain"): "the ratios a benchmark compares side by side"
        for name in ("prefill", "decode", "pruning")},
     ("prune2drive_ros/training/testbed.py", "pruning"): "the test bed's own check of its training runs dense",
+    ("prune2drive_ros/vlm/backends/torch_backend.py", "compile"): "the vision encoder's own torch.compile switch "
+                                                                  "(bench vision), not the layer functions'",
 }
 
 
