@@ -14,10 +14,10 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
-from prune2drive_ros.ros.parameters import PARAMETERS
+from prune2drive_ros.settings import NODE_PARAMETERS
 
-# One launch argument per node parameter, from the node's parameter table (names, descriptions).
-OVERRIDES = {spec.name: spec.description for spec in PARAMETERS}
+# One launch argument per node parameter, from the settings table (names, descriptions).
+OVERRIDES = {spec.param_name: spec.description for spec in NODE_PARAMETERS}
 
 
 def _node(context, *args, **kwargs):

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from prune2drive_ros import settings
 from prune2drive_ros.cameras import (
     ANSWER_INFO_TOPIC,
     CAMERA_NAMES,
@@ -33,6 +34,8 @@ CHUNK = 8
 """Questions sent at once: the node's batch size, well inside its queue of live questions."""
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prune2drive"
 GROUP_TIMEOUT_S = 120.0
+DEMO_SETTINGS = ("pruning", "retain", "prune_layer", "vision_backend", "device", "dtype", "max_new_tokens")
+"""The node settings the demo takes as flags (their defaults: ``prune2drive_ros.settings``)."""
 
 
 TINY_BANNER = """\
@@ -180,14 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None,
                         help="give up after this many seconds of replay (default 600)")
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="bag, sample data and mosaic go here")
-    parser.add_argument("--pruning", default="tfps", help="pruning method: none, tfps, divprune, fastv, random, pool "
-                        "or mvpruner (default tfps)")
-    parser.add_argument("--retain", type=float, default=0.1,
-                        help="fraction of visual tokens kept per camera, in (0, 1] (default 0.1)")
-    parser.add_argument("--vision-backend", default="torch",
-                        help="vision encoder backend: tensorrt, onnxruntime or torch (default torch)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="answer length cap in tokens (default 24)")
+    settings.add_arguments(parser, DEMO_SETTINGS)
     parser.add_argument("--rate", type=float, default=1.0, help="replay speed")
     parser.add_argument("--keyframes", type=int, default=3, help="keyframes in the synthetic sample")
     parser.add_argument("--questions", type=int, default=16, help="DriveLM questions to ask (0 = all in the bag)")
@@ -227,13 +223,10 @@ def run(args: argparse.Namespace) -> int:
     from prune2drive_ros.ros.node import DriveVqaNode
 
     rclpy.init(args=[])
-    overrides = [
-        Parameter("model", value=model),
-        Parameter("pruning_method", value=args.pruning),
-        Parameter("retain", value=float(args.retain)),
-        Parameter("vision_backend", value=args.vision_backend),
-        Parameter("device", value=args.device),
-        Parameter("max_new_tokens", value=int(args.max_new_tokens)),
+    overrides = [Parameter("model", value=model)]
+    overrides += [Parameter(settings.BY_NAME[name].param_name, value=value)
+                  for name, value in settings.from_args(args, DEMO_SETTINGS).items()]
+    overrides += [
         Parameter("publish_kept_tokens", value=True),
         Parameter("qos_reliability", value="reliable"),  # a demo should not lose frames to best effort
     ]

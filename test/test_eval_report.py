@@ -10,11 +10,12 @@ import pytest
 import yaml
 
 from prune2drive_ros.eval import optimize
-from prune2drive_ros.eval.options import add_model_arguments, default_prune_layer, runner_settings
+from prune2drive_ros.eval.options import add_model_arguments, runner_settings
 from prune2drive_ros.eval.plots import METHOD_COLORS, MethodPoint, method_color, plot_methods, quality_limits
 from prune2drive_ros.eval.report import markdown_table, partial_note
 from prune2drive_ros.eval.weights import random_banner, weights_info
 from prune2drive_ros.pruning.budgets import view_budgets
+from prune2drive_ros.settings import prune_layer_for
 
 
 def _config(folder, **extra):
@@ -102,7 +103,7 @@ def _args(*argv):
 def test_a_method_name_means_one_layer_in_eval_and_compare(tmp_path):
     from prune2drive_ros.eval.engine import compare_runs
 
-    assert runner_settings(_args("--pruning", "divprune"))["prune_layer"] == 0 == default_prune_layer("divprune")
+    assert runner_settings(_args("--pruning", "divprune"))["prune_layer"] == 0 == prune_layer_for("divprune")
     assert runner_settings(_args("--pruning", "tfps"))["prune_layer"] == 1
     assert runner_settings(_args("--pruning", "divprune", "--prune-layer", "2"))["prune_layer"] == 2
     for given in ([], ["--prune-layer", "2"]):

@@ -112,11 +112,11 @@ def test_ruff_clean(repo: Path) -> None:
 def _launch_overrides() -> dict[str, str]:
     """The launch file's per-parameter arguments: one per entry of the node's parameter table."""
     tree = ast.parse(LAUNCH_FILE.read_text())
-    assert any(isinstance(node, ast.ImportFrom) and node.module == "prune2drive_ros.ros.parameters"
-               for node in ast.walk(tree)), "the launch file must take its arguments from the parameter table"
-    from prune2drive_ros.ros.parameters import PARAMETERS
+    assert any(isinstance(node, ast.ImportFrom) and node.module == "prune2drive_ros.settings"
+               for node in ast.walk(tree)), "the launch file must take its arguments from the settings table"
+    from prune2drive_ros.settings import NODE_PARAMETERS
 
-    return {spec.name: spec.description for spec in PARAMETERS}
+    return {spec.param_name: spec.description for spec in NODE_PARAMETERS}
 
 
 def test_launch_arguments_map_to_yaml_parameters() -> None:

@@ -223,7 +223,7 @@ def test_missing_model_fails_configure_but_the_process_stays_up(outside, tmp_pat
 
 
 def test_bad_start_up_values_leave_the_process_up_and_unconfigured(tiny_model, outside, tmp_path) -> None:
-    node = NodeProcess("drive_vqa_badvals", node_params(tiny_model, retain="2.0", prune_layer="-1",
+    node = NodeProcess("drive_vqa_badvals", node_params(tiny_model, retain="2.0", prune_layer="-2",
                                                         max_new_tokens="0", sync_slop_s="1"), tmp_path / "node.log")
     try:
         assert wait_for(lambda: "autostart: configure failed" in node.text() or node.proc.poll() is not None,
@@ -231,7 +231,7 @@ def test_bad_start_up_values_leave_the_process_up_and_unconfigured(tiny_model, o
         assert node.state(outside) == "unconfigured"
         log = node.text()
         assert "retain must be in (0, 1], got 2.0" in log
-        assert "prune_layer must be in [0, 256], got -1" in log
+        assert "prune_layer must be in [-1, 256], got -2" in log
         assert "max_new_tokens must be in [1, 4096], got 0" in log
         assert "restart the node with a corrected value" in log  # prune_layer and max_new_tokens are read-only
         assert "sync_slop_s" not in log  # an integer for a double is fine

@@ -17,16 +17,18 @@ from collections.abc import Callable
 
 import torch
 
+from .. import settings
 from ..pruning import cosine_distances, get_pruner, reference_tfps_loop, view_budgets
 from ..pruning.fps import ascending_prefixes, max_min_order, max_min_select, published_loop
+from ..settings import PATCHES_PER_VIEW, PRUNING_METHODS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-METHODS = ("tfps", "divprune", "fastv", "random", "pool", "mvpruner", "none")
+METHODS = PRUNING_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda when available, else cpu)")
+    settings.add_arguments(parser, ("device",))
+    # The features' dtype, not the model's: the runner's ``auto`` means nothing for random features.
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="feature dtype (default float32)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per method and setting (default 5 on CPU, 50 on CUDA)")
@@ -35,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[1152, 4096], help="feature widths D (default 1152 4096)")
     parser.add_argument("--retain", type=float, nargs="+", default=[0.1, 0.25], help="retain ratios (default 0.1 0.25)")
     parser.add_argument("--views", type=int, default=6, help="views V (default 6)")
-    parser.add_argument("--tokens", type=int, default=729, help="tokens per view N (default 729)")
+    parser.add_argument("--tokens", type=int, default=PATCHES_PER_VIEW,
+                        help=f"tokens per view N (default {PATCHES_PER_VIEW}, DriveMM's)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="pruners to time besides the loop (default: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -73,7 +76,7 @@ def _time_round_robin(calls: dict[str, Callable[[], object]], repeats: int, devi
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     dtype = DTYPES[args.dtype]
     repeats = 1 if args.quick else args.repeats or (50 if device.type == "cuda" else 5)
     generator = torch.Generator().manual_seed(args.seed)

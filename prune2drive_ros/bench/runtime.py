@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from prune2drive_ros import settings
 from prune2drive_ros.cameras import NUM_CAMERAS
 from prune2drive_ros.pruning import layer_flops
 from prune2drive_ros.vlm.geometry import TOKENS_PER_VIEW
@@ -33,9 +34,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ffn", type=int, default=None, help="FFN size (default: 14336 on GPU, 1792 on CPU)")
     parser.add_argument("--vision", choices=["so400m", "tiny"], default=None,
                         help="vision tower: DriveMM's 26-layer SigLIP-so400m or a 2-layer toy (default: so400m on GPU)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--pruning", default="tfps")
+    settings.add_arguments(parser, ("device", "dtype", "pruning"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-generate", action="store_true", help="skip the transformers generate baseline")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler GPU-busy column")
@@ -81,7 +80,7 @@ def build_runner(args: argparse.Namespace, **settings):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    gpu = torch.cuda.is_available() and (args.device is None or str(args.device).startswith("cuda"))
+    gpu = torch.cuda.is_available() and (args.device == "auto" or str(args.device).startswith("cuda"))
     if args.model:
         return VLMRunner.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)
     size = DRIVEMM if gpu else CPU_DEFAULTS
@@ -166,7 +165,7 @@ def prefill_flops_ratio(runner, kept_total: int, text_tokens: int) -> float:
     dims = {"hidden": cfg.hidden_size, "ffn": cfg.intermediate_size}
     dense = runner.layout.length + text_tokens
     kept = dense - runner.layout.patch_positions.numel() + kept_total
-    k = runner.config.prune_layer
+    k = runner.config.layer
     layers = cfg.num_hidden_layers
     return (k * layer_flops(dense, **dims) + (layers - k) * layer_flops(kept, **dims)) / (
         layers * layer_flops(dense, **dims))

@@ -17,6 +17,8 @@ import time
 import torch
 from torch import nn
 
+from prune2drive_ros import settings
+
 SIGLIP_SO400M = {"hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 26,
                  "patch_size": 14, "image_size": 384}
 DRIVEMM_LLM_HIDDEN = 4096
@@ -71,8 +73,7 @@ def _median_ms(fn, pixels: torch.Tensor, repeats: int, warmup: int = 2) -> float
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint (default: random DriveMM-shaped vision path)")
     parser.add_argument("--layers", type=int, default=None, help="SigLIP layers, no --model (default: 26 GPU, 2 CPU)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None, help="float32 / float16 / bfloat16 (default: device default)")
+    settings.add_arguments(parser, ("device", "dtype"))
     parser.add_argument("--views", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")

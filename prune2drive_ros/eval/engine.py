@@ -307,8 +307,8 @@ def runner_factory(model: str, kwargs: Mapping[str, Any]) -> Callable[[], Any]:
 
 def _evaluate_args(args: argparse.Namespace, judge: Any, ranks: Ranks, dataset: DriveLMSet) -> dict[str, Any] | None:
     kwargs = runner_settings(args)
-    if kwargs["device"] is None:
-        kwargs["device"] = ranks.default_device()
+    if kwargs["device"] == "auto":
+        kwargs["device"] = ranks.default_device() or "auto"
     settings = {
         "model": args.model,
         **kwargs,
@@ -354,7 +354,7 @@ def compare_runs(args: argparse.Namespace) -> list[tuple[str, argparse.Namespace
 
     ``none`` runs once (all tokens). With ``--view-ratios`` each pruning method runs once with those
     per-camera ratios instead of the ``--compare-retain`` list. Each method runs at the layer that
-    ``eval --pruning METHOD`` uses (``options.default_prune_layer`` unless ``--prune-layer`` is given),
+    ``eval --pruning METHOD`` uses (``settings.prune_layer_for`` unless ``--prune-layer`` is given),
     so a method's name means one setting in both.
     """
     methods = [m.strip() for m in args.compare.split(",") if m.strip()]

@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 
 from prune2drive_ros.eval.options import (
-    PRUNING_METHODS,
     add_judge_arguments,
     add_model_arguments,
     add_scoring_arguments,
     make_judge,
 )
+from prune2drive_ros.settings import PRUNING_METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 from torch import Tensor
 
 from ..cameras import NUM_CAMERAS
+from ..settings import PATCHES_PER_VIEW
 from .checks import check_features
 from .cosine import view_diversity
 
@@ -77,7 +78,7 @@ def _sequence(values: object, what: str, views: int) -> list:
 
 
 def view_budgets(
-    tokens_per_view: int = 729,
+    tokens_per_view: int = PATCHES_PER_VIEW,
     *,
     retain: float | None = None,
     view_ratios: Sequence[float] | None = None,

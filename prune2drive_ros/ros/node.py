@@ -83,16 +83,15 @@ from prune2drive_ros.ros.parameters import (
     INTEGER,
     MAX_QUESTION_CHARS,
     PARAMETERS,
-    PRUNING_METHODS,
     STRING,
     STRING_ARRAY,
-    VISION_BACKENDS,
-    ParamSpec,
     check_parameter,
     coerce,
 )
 from prune2drive_ros.ros.synchronizer import LATE, TIME_JUMP, Synchronizer
 from prune2drive_ros.ros.worker import LIVE, REPLAY, AnswerEvent, InferenceWorker, Question
+from prune2drive_ros.settings import PRUNING_METHODS, VISION_BACKENDS, runner_values
+from prune2drive_ros.settings import Setting as ParamSpec
 
 __all__ = ["DYNAMIC_PARAMETERS", "NODE_NAME", "PRUNING_METHODS", "VISION_BACKENDS", "DriveVqaNode",
            "check_parameter", "main"]
@@ -339,19 +338,8 @@ class DriveVqaNode(LifecycleNode):
             from prune2drive_ros.vlm import RunnerConfig, VLMRunner
 
             _quiet_progress_bars()
-            device, dtype = self._param("device"), self._param("dtype")
-            config = RunnerConfig(
-                model=model,
-                pruning=self._param("pruning_method"),
-                retain=self._param("retain"),
-                view_ratios=self._param("view_ratios") or None,
-                prune_layer=self._param("prune_layer"),
-                device=None if device == "auto" else device,
-                dtype=None if dtype == "auto" else dtype,
-                vision_backend=self._param("vision_backend"),
-                engine_dir=self._param("engine_dir") or None,
-                max_new_tokens=self._param("max_new_tokens"),
-            )
+            values = {spec.name: self._param(spec.name) for spec in PARAMETERS}
+            config = RunnerConfig(**runner_values(values))
             self._runner = VLMRunner.from_config(config)  # on a GPU this also captures the CUDA graphs
         except Exception as exc:  # any load failure is a failed transition, never a dead process
             self.get_logger().error(f"configure failed: cannot load model {model!r}: {type(exc).__name__}: {exc}")

@@ -30,10 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from prune2drive_ros import settings
 from prune2drive_ros.cameras import CAMERA_NAMES
+from prune2drive_ros.settings import PRUNING_METHODS as METHODS
 from prune2drive_ros.training.testbed import HELDOUT_SEED
 
-METHODS = ("none", "tfps", "divprune", "fastv", "mvpruner", "random", "pool")
+STUDY_SETTINGS = ("device", "dtype", "max_new_tokens")
+"""Runner settings the study takes as flags (their defaults: ``prune2drive_ros.settings``)."""
 SEARCH_SEED = HELDOUT_SEED + 1
 COLORS = {"none": "black", "tfps": "C3", "divprune": "C1", "fastv": "C0", "mvpruner": "C4", "random": "C7",
           "pool": "C2", "tfps-adaptive": "C5", "tfps-uniform": "C3"}
@@ -147,7 +150,8 @@ def plot_adaptive(runs: dict[str, dict[str, Any]], ratios: list[float], path: Pa
 # ---------------------------------------------------------------- the study
 
 
-def cone_tokens_kept(model: str, scenes: int, methods: Sequence[str], retains: Sequence[float]) -> dict[str, list]:
+def cone_tokens_kept(model: str, scenes: int, methods: Sequence[str], retains: Sequence[float],
+                     runner_settings: dict[str, Any] | None = None) -> dict[str, list]:
     """Per method and retain ratio: [cone tokens kept, cone tokens] over the first ``scenes`` held-out scenes.
 
     This is the mechanism the scores rest on: a cone is about one token, and a method that drops it
@@ -160,8 +164,8 @@ def cone_tokens_kept(model: str, scenes: int, methods: Sequence[str], retains: S
     out: dict[str, list] = {}
     for method in methods:
         for retain in retains:
-            runner = VLMRunner.from_pretrained(model, pruning=method, retain=retain, device="cpu", dtype="float32",
-                                               max_new_tokens=1)
+            given = {**(runner_settings or {}), "max_new_tokens": 1}  # the kept tokens need no answer
+            runner = VLMRunner.from_pretrained(model, pruning=method, retain=retain, **given)
             grid = math.isqrt(runner.tokens_per_view)
             kept = total = 0
             for scene in drawn:
@@ -184,7 +188,10 @@ def _tokens_per_view(model: str) -> str:
 
 
 def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: str, trials: int, limit: int,
-          resamples: int, methods: Sequence[str] = METHODS, progress: bool = True) -> dict[str, Any]:
+          resamples: int, methods: Sequence[str] = METHODS, progress: bool = True,
+          runner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole study into ``out``; ``runner`` holds the runner settings of ``STUDY_SETTINGS`` (defaults from
+    ``prune2drive_ros.settings``)."""
     from prune2drive_ros.data.drivelm import load_drivelm
     from prune2drive_ros.data.testbed_scenes import write_drivelm_set
 
@@ -197,7 +204,10 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
         write_drivelm_set(search_set, search_scenes, SEARCH_SEED, progress=progress)
     # Lenient rules: the test bed has no DriveLM "important objects" first question, so the official rule
     # that skips questions naming unmatched objects would drop every tagged-vehicle question.
-    common = ["--model", model, "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "32", "--rules", "lenient"]
+    chosen = {name: settings.default(name) for name in STUDY_SETTINGS} | (runner or {})
+    common = ["--model", model, "--rules", "lenient"]
+    for name, value in chosen.items():
+        common += [settings.BY_NAME[name].flag_name, str(value)]
     scoring = ["--bootstrap", str(resamples)]
     quiet = [] if progress else ["--no-progress"]
     _cli(["eval", *common, "--drivelm", str(heldout / "drivelm.json"), "--out", str(out / "compare"),
@@ -234,7 +244,7 @@ def study(out: Path, model: str, *, scenes: int, search_scenes: int, retains: st
     comparisons["tfps-adaptive vs tfps-uniform"] = separated(adaptive["tfps-adaptive"], adaptive["tfps-uniform"])
     # MVPruner's second stage reselects per question, so one question's selection would not describe it.
     pruning_methods = [m for m in methods if m not in ("none", "mvpruner")]
-    kept = cone_tokens_kept(model, scenes, pruning_methods, [float(r) for r in retains.split(",")])
+    kept = cone_tokens_kept(model, scenes, pruning_methods, [float(r) for r in retains.split(",")], chosen)
 
     n_q = len(questions)
     title = (f"synthetic test bed (not DriveLM): {n_q} held-out questions, {_tokens_per_view(model)} tokens/view\n"
@@ -273,6 +283,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=80, help="questions per trial (default 80)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--no-progress", action="store_true")
+    settings.add_arguments(parser, STUDY_SETTINGS)
     parser.set_defaults(default_model=shipped_testbed)
 
 
@@ -285,5 +296,5 @@ def run(args: argparse.Namespace) -> int:
     random.seed(0)
     study(args.out, str(model), scenes=args.scenes, search_scenes=args.search_scenes, retains=args.retains,
           trials=args.trials, limit=args.limit, resamples=args.resamples, methods=args.methods.split(","),
-          progress=not args.no_progress)
+          progress=not args.no_progress, runner=settings.from_args(args, STUDY_SETTINGS))
     return 0

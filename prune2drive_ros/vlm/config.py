@@ -1,76 +1,71 @@
-"""``RunnerConfig``: every setting of the runtime, with its one default, frozen.
+"""``RunnerConfig``: every setting of the runtime, frozen; its fields are built from ``settings.SETTINGS``.
 
 The node, the CLIs, the evaluation and the demo all build a ``RunnerConfig`` (or pass the same keywords
-to ``VLMRunner.from_pretrained``, which builds one), so a default lives here and nowhere else.
+to ``VLMRunner.from_pretrained``, which builds one). The fields, their defaults and their checks come
+from ``prune2drive_ros.settings`` (no torch there), so a default lives there and nowhere else.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_MAX_QUESTION_TOKENS = 512
-DEFAULT_MAX_NEW_TOKENS = 64
-CUDA_GRAPH_MODES = ("auto", "on", "off")
+from prune2drive_ros.settings import DOUBLE_ARRAY, RUNNER_SETTINGS, check, coerce, default, prune_layer_for
+
+DEFAULT_MAX_QUESTION_TOKENS: int = default("max_question_tokens")
+DEFAULT_MAX_NEW_TOKENS: int = default("max_new_tokens")
 
 
-@dataclass(frozen=True)
-class RunnerConfig:
-    model: str = ""
-    """Checkpoint folder or hub id (transformers LLaVA-OneVision or LLaVA-NeXT/DriveMM format)."""
-    pruning: str = "tfps"
-    retain: float | None = 0.1
-    view_ratios: tuple[float, ...] | None = None
-    """Six per-camera kept fractions (camera order); overrides ``retain`` when set."""
-    prune_layer: int = 1
-    device: str | None = None
-    """None or "auto": CUDA when available."""
-    dtype: str | None = None
-    """None or "auto": bf16 (fp16 without bf16) on CUDA, fp32 on CPU."""
-    vision_backend: str = "torch"
-    """torch | onnxruntime | tensorrt; the faster ones fall back along tensorrt -> onnxruntime -> torch."""
-    engine_dir: str | None = None
-    strict_backend: bool = False
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    max_question_tokens: int = DEFAULT_MAX_QUESTION_TOKENS
-    max_image_side: int | None = None
-    """None: the preprocessing module's bound."""
-    cuda_graphs: str = "auto"
-    """auto: capture on CUDA, eager elsewhere; off: always eager; on: like auto, but a failed capture raises."""
+class _RunnerConfigBase:
+    """Methods of ``RunnerConfig``; the fields are added from the settings table below."""
 
     def __post_init__(self) -> None:
-        if self.view_ratios is not None and not isinstance(self.view_ratios, tuple):
-            object.__setattr__(self, "view_ratios", tuple(float(r) for r in self.view_ratios) or None)
-        if self.engine_dir is not None and not isinstance(self.engine_dir, str):
-            object.__setattr__(self, "engine_dir", str(self.engine_dir))
-        if not isinstance(self.model, str):
-            object.__setattr__(self, "model", str(self.model))
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.prune_layer < 0:
-            raise ValueError(f"prune_layer must be >= 0, got {self.prune_layer}")
-        if self.cuda_graphs not in CUDA_GRAPH_MODES:
-            raise ValueError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {self.cuda_graphs!r}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        for spec in RUNNER_SETTINGS:
+            value = coerce(spec.name, getattr(self, spec.name))
+            if spec.kind == DOUBLE_ARRAY and value is not None:
+                value = tuple(float(v) for v in value) or None
+            elif spec.name in ("model", "engine_dir") and value is not None and not isinstance(value, str):
+                value = str(value)  # a Path
+            elif spec.name in ("device", "dtype") and value is None:
+                value = "auto"
+            object.__setattr__(self, spec.name, value)
+            reason = check(spec.name, list(value) if isinstance(value, tuple) else value)
+            if reason is not None:
+                raise ValueError(reason)
+
+    @property
+    def layer(self) -> int:
+        """The decoder layer the pruning happens at (``prune_layer``, or the method's own when it is -1)."""
+        return prune_layer_for(self.pruning, self.prune_layer)  # type: ignore[attr-defined]
 
     def replace(self, **changes: Any) -> RunnerConfig:
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
 
     @classmethod
-    def from_kwargs(cls, model: Any = "", **kwargs: Any) -> RunnerConfig:
-        """The config for ``VLMRunner.from_pretrained(model, **kwargs)``; unknown keywords raise TypeError."""
+    def from_kwargs(cls, model: Any = None, **kwargs: Any) -> RunnerConfig:
+        """The config for ``VLMRunner.from_pretrained(model, **kwargs)``; unknown keywords raise TypeError.
+        A keyword given as None takes the setting's default."""
         unknown = set(kwargs) - set(cls.fields())
         if unknown:
             raise TypeError(f"unknown runner settings: {', '.join(sorted(unknown))}")
-        if kwargs.get("view_ratios") is not None:
-            kwargs["view_ratios"] = tuple(kwargs["view_ratios"]) or None
-        return cls(model=model, **kwargs)
+        given = {k: v for k, v in kwargs.items() if v is not None or k == "view_ratios"}
+        if model is not None:
+            given["model"] = model
+        return cls(**given)  # type: ignore[call-arg]
+
+
+def _field(spec: Any) -> tuple[str, Any, dataclasses.Field]:
+    value = spec.default
+    if isinstance(value, list):
+        return spec.name, Any, dataclasses.field(default_factory=lambda v=tuple(value): v)
+    return spec.name, Any, dataclasses.field(default=value)
+
+
+RunnerConfig = dataclasses.make_dataclass(
+    "RunnerConfig", [_field(spec) for spec in RUNNER_SETTINGS], bases=(_RunnerConfigBase,), frozen=True)
+RunnerConfig.__module__ = __name__  # pickles and reprs as prune2drive_ros.vlm.config.RunnerConfig
+RunnerConfig.__doc__ = "The runtime's settings (see ``prune2drive_ros.settings`` for each one's meaning and default)."

@@ -42,7 +42,7 @@ def question_capacity(longest: int, graphs: bool) -> int:
 class Sampler:
     """Greedy (temperature 0) or temperature / nucleus sampling of the next token from logits [B, vocab]."""
 
-    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None):
+    def __init__(self, temperature: float, top_p: float, generator: torch.Generator | None = None):
         self.temperature, self.top_p, self.generator = temperature, top_p, generator
 
     def __call__(self, logits: Tensor) -> Tensor:

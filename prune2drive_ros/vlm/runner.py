@@ -103,8 +103,8 @@ class VLMRunner:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.llm = PrunedLanguageModel(model)
-        if not 0 <= config.prune_layer < self.llm.num_layers:
-            raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.prune_layer}")
+        if not 0 <= config.layer < self.llm.num_layers:
+            raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.layer}")
         self.pruner = get_pruner(config.pruning)
         self.max_new_tokens = config.max_new_tokens
         self.max_question_tokens = config.max_question_tokens or DEFAULT_MAX_QUESTION_TOKENS
@@ -176,10 +176,11 @@ class VLMRunner:
     def set_pruning(self, method: str) -> None:
         """Switch the pruning method on the same weights and budgets (benchmarks compare methods so)."""
         self.pruner = get_pruner(method)
+        self.config = self.config.replace(pruning=method)  # a -1 prune_layer follows the method
         self._replan(warm_up=True)
 
     def _replan(self, warm_up: bool) -> None:
-        self.plan = PrunePlan.describe(self.pruner, self.budgets, self.config.prune_layer, self.llm.num_layers,
+        self.plan = PrunePlan.describe(self.pruner, self.budgets, self.config.layer, self.llm.num_layers,
                                        self.tokens_per_view)
         self._static = StaticPrefill(self.llm, self.layout, self.plan, self.pruner, self.graphs) \
             if self.plan.static else None

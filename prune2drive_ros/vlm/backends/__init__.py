@@ -1,7 +1,8 @@
 """Vision encoder backends behind one interface: ``backend(pixels [V,3,H,W]) -> features [V, T, D]``.
 
 Requested backends fall back along ``tensorrt -> onnxruntime -> torch`` when unavailable (no
-TensorRT, no GPU); ``strict=True`` turns a fallback into an error. The chosen backend and the
+TensorRT, no GPU); ``strict=True`` turns a fallback into an error. ``auto`` is TensorRT where it can
+run and torch everywhere else (it never picks onnxruntime on its own). The chosen backend and the
 reason are reported by the runner, the node's diagnostics and ``prune2drive doctor``.
 """
 
@@ -11,9 +12,8 @@ import importlib.util
 
 import torch
 
+from prune2drive_ros.settings import FALLBACK_CHAIN
 from prune2drive_ros.vlm.backends.torch_backend import TorchVisionBackend
-
-FALLBACK_CHAIN = ("tensorrt", "onnxruntime", "torch")
 
 
 class BackendUnavailable(RuntimeError):
@@ -46,6 +46,13 @@ def _why_unavailable(name: str, device: str | None = None) -> str | None:
 
 def resolve_backend_name(requested: str, device: str | None = None, strict: bool = False) -> tuple[str, str]:
     """The backend that will run for ``requested`` and why (fallbacks say what was missing)."""
+    if requested == "auto":
+        why = _why_unavailable("tensorrt", device)
+        if why is None:
+            return "tensorrt", "auto: TensorRT can run here"
+        if strict:
+            raise BackendUnavailable(f"vision backend 'auto' found no TensorRT: {why}")
+        return "torch", f"auto: {why}"
     if requested not in FALLBACK_CHAIN:
         raise ValueError(f"unknown vision backend {requested!r}; choose from {', '.join(FALLBACK_CHAIN)}")
     reasons = []

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from prune2drive_ros import settings
 from prune2drive_ros.vlm.backends import cache
 from prune2drive_ros.vlm.backends.parity import MIN_COSINE, ParityError, compare, parity_inputs
 
@@ -151,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="must match the runner's dtype to be found (default: the device's default dtype)")
     parser.add_argument("--max-views", type=int, default=6, help="largest batch of views the engine accepts")
     parser.add_argument("--out", type=Path, default=None, help=f"engine cache folder (default {cache.default_cache_dir()})")
-    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    settings.add_arguments(parser, ("device",))
     parser.add_argument("--strict", action="store_true", help="fail instead of falling back")
     parser.add_argument("--rebuild", action="store_true", help="build even if a valid artifact is cached")
 
