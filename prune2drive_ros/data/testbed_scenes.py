@@ -167,7 +167,11 @@ def _overlaps(world: World, agent: Agent, times: Sequence[float]) -> bool:
 def _hidden(world: World, view: ObjectView, rig: dict[str, CameraModel], t: float) -> bool:
     """Whether anything nearer (a road user, a cone, furniture) covers the object's box centre in that camera."""
     cx, cy = (view.bbox[0] + view.bbox[2]) / 2, (view.bbox[1] + view.bbox[3]) / 2
+    s_ego = world.ego_speed * t
     for other in world.agents + world.decor:
+        s, lateral = other.road_position(t)
+        if math.hypot(s - s_ego, lateral - world.ego_lane) - max(other.size) > view.depth + 3.0:
+            continue  # farther from the ego than the object from its camera (mounted within 2 m): behind it
         ov = project_agent(world, other, rig[view.camera], t)
         if ov is not None and ov.depth < view.depth - 0.05 and \
                 ov.bbox[0] - 20 <= cx <= ov.bbox[2] + 20 and ov.bbox[1] - 20 <= cy <= ov.bbox[3] + 20:
