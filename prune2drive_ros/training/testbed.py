@@ -207,6 +207,7 @@ class Batch:
     cones: torch.Tensor  # [B, V, N] per patch: 0, or 1 + the range slot of a cone centred there
     asks: torch.Tensor  # [R, 4] where to guide attention: batch row, position, view, patch in it (-1: the view)
     ask_weights: torch.Tensor  # [R] each question's rows sum to 1
+    answer_kind: torch.Tensor  # [B, T] at each answer's first predicting position: index in T.KINDS, else -1
     # The packed questions in blocks of similar length: per block, [B, Q, L] positions of each question's
     # tokens (padded with 0) and which of them are real.
     blocks: list[tuple[torch.Tensor, torch.Tensor]]
@@ -230,6 +231,7 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
     segment = torch.full((b, length), -2, dtype=torch.long)  # -1 prefix, k question k, -2 padding
     targets = torch.full((b, length), -100, dtype=torch.long)
     weights = torch.zeros((b, length))
+    answer_kind = torch.full((b, length), -1, dtype=torch.long)
     answer_tokens = sum(len(a) for seq in seqs for _, a, _ in seq)
     asks, ask_weights = [], []
     spans: list[list[tuple[int, int]]] = [[] for _ in seqs]  # (start, length) of each packed question
@@ -249,6 +251,7 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
             first = at + len(q) - 1
             targets[i, first:first + len(a)] = torch.tensor(a)
             weights[i, first:first + len(a)] = 1.0 / answer_tokens
+            answer_kind[i, first] = T.KINDS.index(qa.kind)
             if qa.camera is not None:
                 view = CAMERA_NAMES.index(qa.camera)
                 if qa.point is None or not recipe.object_hint:  # look at the view from the position that answers
@@ -277,7 +280,8 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
         allowed_pruned[i][cols, cols] = True
     cones = torch.stack([cone for cone, _ in labels])
     return Batch(pixels, ids, positions, allowed, allowed_pruned, prune_layer, targets, weights, cones,
-                 torch.tensor(asks, dtype=torch.long).reshape(-1, 4), torch.tensor(ask_weights), length_blocks(spans))
+                 torch.tensor(asks, dtype=torch.long).reshape(-1, 4), torch.tensor(ask_weights), answer_kind,
+                 length_blocks(spans))
 
 
 SHORT_QUESTION = 64
@@ -567,12 +571,25 @@ CONE_UPWEIGHT = 4.0  # about 2 of a view's 64 patches hold a cone
 PROBE_WEIGHT = 0.3
 
 
-def answer_loss(model, packed: Packed, batch: Batch) -> torch.Tensor:
-    """Cross-entropy of the answer tokens; every answer token of the batch weighs the same."""
+PROGRESS_EVERY = 100
+"""Steps between two lines of the training log (loss, and the letter hits per multiple-choice kind)."""
+
+
+def answer_loss(model, packed: Packed, batch: Batch) -> tuple[torch.Tensor, dict[str, list[bool]]]:
+    """Cross-entropy of the answer tokens (every answer token of the batch weighs the same), and per
+    multiple-choice kind whether each answer's letter was already the model's first choice.
+
+    Every training scene is new, so the letters' hits before the update estimate held-out accuracy as
+    training goes (progressive validation), at no cost.
+    """
     picked = batch.targets != -100
     logits = model.lm_head(model.model.language_model.norm(packed.hidden[picked])).float()
     losses = F.cross_entropy(logits, batch.targets[picked], reduction="none")
-    return (losses * batch.weights[picked]).sum()
+    kinds = batch.answer_kind[picked]
+    hits = (logits.argmax(-1) == batch.targets[picked]).tolist()
+    by_kind = {kind: [h for h, k in zip(hits, kinds.tolist(), strict=True) if k == T.KINDS.index(kind)]
+               for kind in T.MC_KINDS}
+    return (losses * batch.weights[picked]).sum(), by_kind
 
 
 # ---------------------------------------------------------------- training
@@ -654,9 +671,19 @@ def train(out: str | Path, setting: str | Setting = "full", *, recipe: str = "ho
     losses: list[float] = []
     probe_losses: list[float] = []
     bar = tqdm(range(s.steps), desc="train-testbed", unit="step", disable=not progress, dynamic_ncols=True)
-    for _, batch in zip(bar, loader, strict=False):
+    window: dict[str, list[bool]] = {kind: [] for kind in T.MC_KINDS}
+    progress_log: list[dict] = []
+    for step, batch in zip(bar, loader, strict=False):
         packed = packed_forward(model, batch, layout)
-        loss = answer_loss(model, packed, batch)
+        loss, hits = answer_loss(model, packed, batch)
+        for kind, h in hits.items():
+            window[kind] += h
+        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == s.steps:
+            progress_log.append({"step": step + 1, "loss": round(float(np.mean(losses[-PROGRESS_EVERY:] or [0])), 4),
+                                 **{k: round(float(np.mean(v)), 3) for k, v in window.items() if v}})
+            window = {kind: [] for kind in T.MC_KINDS}
+            if progress:
+                bar.write("  ".join(f"{k} {v}" for k, v in progress_log[-1].items()))
         probe = view_attention_loss(model, packed, batch, layout)
         if probes is not None:
             probe = probe + probes(packed, batch, layout)
@@ -693,6 +720,7 @@ def train(out: str | Path, setting: str | Setting = "full", *, recipe: str = "ho
         "loss_first20": round(float(np.mean(losses[:20])), 4),
         "loss_last20": round(float(np.mean(losses[-20:])), 4),
         "hint_loss_last20": round(float(np.mean(probe_losses[-20:])), 4),
+        "progress": progress_log,
         "hyperparameters": asdict(s),
     }
     if init is not None:
