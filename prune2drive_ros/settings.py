@@ -169,6 +169,8 @@ SETTINGS: tuple[Setting, ...] = (
             dynamic=True, example="[0.1, 0.1, 0.1, 0.1, 0.1, 0.1]"),
     Setting("prune_layer", INTEGER, -1, f"decoder layer K at which tokens are pruned (0 = before the LLM); "
             f"{_layers_text()}", low=-1, high=256, runner=True, node=True, cli=True),
+    Setting("pruning_seed", INTEGER, 0, "seed of the random pruner's draw (it keeps the same positions in every "
+            "frame); the other methods ignore it", low=0, high=2**31 - 1, runner=True),
     Setting("vision_backend", STRING, "auto",
             "vision encoder backend; auto = tensorrt where it runs, else torch; tensorrt falls back "
             "tensorrt -> onnxruntime -> torch", choices=VISION_BACKENDS, runner=True, node=True, cli=True),

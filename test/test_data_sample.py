@@ -176,10 +176,11 @@ def test_drivelm_file_in_the_nested_release_format(nusc, dataroot: Path) -> None
                 x, y = float(match.group(3)), float(match.group(4))
                 x1, y1, x2, y2 = info["2d_bbox"]
                 assert x1 <= x <= x2 and y1 <= y <= y2 and 0 <= x < 1600 and 0 <= y < 900
-                assert info["Category"] in {"Vehicle", "Pedestrian"}
+                assert info["Category"] in {"Vehicle", "Traffic element"}
             for group in frame["QA"].values():
                 for qa in group:
-                    assert set(qa) == {"Q", "A", "C", "con_up", "con_down", "cluster", "layer"}
+                    # DriveLM's fields, plus the challenge test file's metric tag and the test bed's kind.
+                    assert set(qa) == {"Q", "A", "C", "con_up", "con_down", "cluster", "layer", "tag", "kind"}
                     assert qa["Q"] and qa["A"]
                     for tag in TAG.findall(qa["Q"] + qa["A"]):
                         assert f"<c{tag[0]},{tag[1]},{tag[2]},{tag[3]}>" in frame["key_object_infos"]
@@ -190,6 +191,27 @@ def test_drivelm_file_in_the_nested_release_format(nusc, dataroot: Path) -> None
             behavior = frame["QA"]["behavior"][0]
             assert behavior["Q"].startswith("Predict the behavior of the ego vehicle.")
     assert mcq >= 2 * SCENES * KEYFRAMES  # an object-status and a behavior question per keyframe
+
+
+def test_questions_are_the_test_beds_and_hold_over_the_clip(dataroot: Path) -> None:
+    """The sample asks the test bed's question kinds; a view's cone answers are the same at every keyframe
+    (cones stay in one camera's view for the whole clip), so they hold on whichever frame the node answers."""
+    from prune2drive_ros.data.testbed_scenes import KINDS
+
+    data = json.loads((dataroot / "drivelm.json").read_text())
+    cones = 0
+    for scene in data.values():
+        answers: dict[str, set[str]] = {}
+        for frame in scene["key_frames"].values():
+            qas = [qa for group in frame["QA"].values() for qa in group]
+            assert {qa["kind"] for qa in qas} <= set(KINDS) and {"behavior", "presence", "count"} <= {
+                qa["kind"] for qa in qas}
+            for qa in qas:
+                if qa["kind"] in ("presence", "count", "behavior"):
+                    answers.setdefault(qa["Q"], set()).add(qa["A"])
+            cones += sum("ABCD".index(qa["A"]) for qa in qas if qa["kind"] == "count")
+        assert all(len(a) == 1 for a in answers.values()), answers
+    assert cones >= 1
 
 
 def test_evaluation_loader_reads_the_questions(dataroot: Path) -> None:

@@ -8,7 +8,13 @@ What it writes under OUT (the dataroot), as the real v1.0-mini has it:
   six cameras at 12 Hz, each camera firing at its rig offset after the (virtual) LiDAR sweep, keyframes every
   0.5 s (every 6th frame);
 - ``maps/*.png``: the drivable-surface/sidewalk semantic prior of each location;
-- ``drivelm.json``: DriveLM questions for every keyframe (see ``sample_drivelm``).
+- ``drivelm.json``: DriveLM questions for every keyframe, in the release format (see ``sample_drivelm``).
+
+The scenes are the test bed's street (``testbed_scenes.testbed_world``: lit, textured, traffic cones among
+look-alikes), and the questions are the test bed's kinds (vehicle status, cone presence, count and the
+nearest cone per view, the ego's behaviour), so a demo with the shipped test-bed model asks what that
+model was trained to answer. Cones are placed so that each stays in one camera's view for the whole
+clip: a question about a view has the same answer on every frame, whichever frame the node answers on.
 
 Only cameras are simulated (no LiDAR/radar sample_data). Tokens are deterministic for a given seed.
 Imports neither rclpy nor nuscenes-devkit.
@@ -33,6 +39,7 @@ from tqdm import tqdm
 
 from prune2drive_ros.cameras import CAMERAS
 from prune2drive_ros.data import sample_drivelm
+from prune2drive_ros.data import testbed_scenes as T
 from prune2drive_ros.data.synthetic_world import (
     IMAGE_HEIGHT,
     IMAGE_WIDTH,
@@ -42,7 +49,6 @@ from prune2drive_ros.data.synthetic_world import (
     CameraModel,
     World,
     make_rig,
-    make_world,
     quaternion_from_matrix,
     quaternion_from_yaw,
     render,
@@ -66,6 +72,7 @@ LOCATIONS = (
 
 CATEGORIES = (
     ("human.pedestrian.adult", "Adult subcategory.", 2),
+    ("movable_object.trafficcone", "All types of traffic cone.", 12),
     ("vehicle.bus.rigid", "Rigid bus subcategory.", 16),
     ("vehicle.car", "Vehicle designed primarily for personal use, e.g. sedans, hatch-backs, wagons, vans, SUVs.", 17),
     ("vehicle.truck", "Vehicles primarily designed to haul cargo including pick-ups, lorries, trucks and semi-tractors.",
@@ -140,7 +147,11 @@ def make_sample_nuscenes(out: Path, scenes: int = 2, keyframes: int = 4, seed: i
             scenario = SCENARIOS[index % len(SCENARIOS)]
             # Scenes of one location share the map: spread their roads over it with different headings.
             origin = (60.0 + 80.0 * rng.random(), 60.0 + 80.0 * rng.random())
-            world = make_world(rng, scenario, origin, rng.uniform(-math.pi, math.pi), right_hand, duration)
+            # Every frame time of the clip (12 Hz, plus the rig's firing offsets): cones must hold still in
+            # their views over all of them.
+            clip = [j / CAMERA_HZ for j in range(frames_per_camera)] + [duration + 0.06]
+            world = T.testbed_world(rng, rig, scenario, origin, rng.uniform(-math.pi, math.pi), right_hand,
+                                    times=clip)
             worlds_by_location.setdefault(location, []).append(world)
 
             local_start = datetime(2018, 7, 23, 10, 0, 0) + timedelta(days=index, minutes=7 * index)
@@ -207,9 +218,11 @@ def make_sample_nuscenes(out: Path, scenes: int = 2, keyframes: int = 4, seed: i
                         keyframe_infos[frame.keyframe]["files"][cam.name] = frame.filename
 
             _annotate(tables, token, world, index, sample_tokens)
-            infos = [sample_drivelm.KeyframeInfo(sample_tokens[k], kf["times"], kf["files"])
-                     for k, kf in enumerate(keyframe_infos)]
-            drivelm[scene_token] = sample_drivelm.scene_entry(world, scenario, rig, infos, rng)
+            drivelm[scene_token] = {
+                "scene_description": sample_drivelm.SCENE_DESCRIPTIONS[scenario],
+                "key_frames": {sample_tokens[k]: T.drivelm_entry(T.questions(world, rig, kf["times"]), kf["files"])
+                               for k, kf in enumerate(keyframe_infos)},
+            }
     finally:
         bar.close()
 
@@ -276,7 +289,9 @@ def _annotate(tables: dict[str, list[dict]], token: Tokens, world: World, scene:
             distance = float(np.linalg.norm(box.center[:2] - ego_translation[:2]))
             if distance > ANNOTATION_RANGE:
                 continue
-            if agent.kind == "pedestrian":
+            if agent.kind == "cone":
+                attribute = None  # nuScenes gives traffic cones no attribute
+            elif agent.kind == "pedestrian":
                 attribute = "pedestrian.moving" if agent.moving else "pedestrian.standing"
             else:
                 attribute = "vehicle.moving" if agent.moving else ("vehicle.parked" if agent.role == "parked"
@@ -284,7 +299,7 @@ def _annotate(tables: dict[str, list[dict]], token: Tokens, world: World, scene:
             anns.append({
                 "token": token("sample_annotation", scene, a, k), "sample_token": sample_token,
                 "instance_token": token("instance", scene, a), "visibility_token": "4",
-                "attribute_tokens": [token("attribute", attribute)],
+                "attribute_tokens": [token("attribute", attribute)] if attribute else [],
                 "translation": [float(v) for v in box.center], "size": [float(v) for v in agent.size],
                 "rotation": quaternion_from_yaw(box.yaw),
                 # A plausible falloff with distance; there is no simulated LiDAR to count points with.

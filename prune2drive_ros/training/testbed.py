@@ -3,28 +3,32 @@
 The model has DriveMM's shape at toy size: a SigLIP vision tower (14-px patches), the 2-layer GELU
 projector with an ``image_newline`` per view, and a Llama decoder, all from transformers' own
 ``LlavaOnevisionForConditionalGeneration``. It sees the six-camera rig through DriveMM's prompt, with
-fewer tokens per view than DriveMM's 27 x 27 (8 x 8 in the shipped setting), and learns the questions of
-``data/testbed_scenes`` on freshly drawn scenes (no scene is seen twice).
+fewer tokens per view than DriveMM's 27 x 27, and learns the questions of ``data/testbed_scenes`` on
+freshly drawn scenes (no scene is seen twice).
 
-Training runs the decoder layer by layer, the way the runtime's pruned prefill does:
+Training runs the decoder layer by layer, the way the runtime's pruned prefill does: every question of a
+scene is packed after one shared visual prefix; a block mask lets each question see the prefix and
+itself only, and each question starts at the RoPE position right after the prefix, so one forward pass
+trains every question of the scene as if asked alone.
 
-- every question of a scene is packed after one shared visual prefix; a block mask lets each
-  question see the prefix and itself only, and each question starts at the RoPE position right
-  after the prefix, so one forward pass trains every question of the scene as if asked alone;
-- half of the scenes drop a random share of each view's *background* tokens from layer K on (K = 1,
-  at times 0). This "token dropout" keeps the small model from depending on the exact number of
-  visual tokens. Tokens that show a road user or a cone are never dropped: the model never learns to
-  guess about an object it cannot see, so, like a real VLM, it answers from what a pruning method
-  keeps. The dropout draws tokens uniformly, favouring no pruning method;
-- training-only probes (``Probes``, never saved) label every patch token: the cone there and its
-  range slot (at the decoder's input and after layer 0, where T-FPS compares tokens), and the
-  camera it came from; and one attention head is asked to look at the view a question names
-  (``view_attention_loss``). Answers alone give a small model too little signal per step to find
-  one cone among 384 visual tokens; with the answer loss only, it learned the question priors.
+Two recipes (``RECIPES``), trained with the same budget for the ablation in the README:
+
+- ``honest`` (the shipped one). The only supervision is the answers. No label reaches a visual token:
+  no probe, no auxiliary loss on the decoder's input or on any layer's visual tokens. One hint helps the
+  small model find its way: head 0 of layer 2 (above the pruning layer) is asked to attend to the view a
+  question names, which the question's own words say (``view_attention_loss``); it knows nothing of
+  objects. Token dropout, in half of the scenes, removes a uniformly random share of each view's tokens
+  from layer K on, never looking at what they show.
+- ``labels`` (the recipe of the earlier release, kept for the ablation). Adds training-only linear
+  probes that label every patch token with the cone there (by range and bearing bin) at the decoder's
+  input and after layer 0 (where the pruners compare tokens), and with its camera; points the hinted
+  head at the tagged cone's patch for nearest-cone answers; and drops background tokens only, never a
+  token that shows a road user or a cone. This trains object labels into exactly the features the
+  pruners compare, and shows the model only oracle-pruned inputs: it flatters T-FPS.
 
 The result is a normal safetensors checkpoint (config, tokenizer, weights) that
 ``VLMRunner.from_pretrained`` loads; ``config.json`` carries a ``prune2drive_testbed`` record (the
-command, seed, time, held-out scores) that marks it as a synthetic test bed.
+command, recipe, seed, time, machine load, development-set scores) that marks it as a synthetic test bed.
 """
 
 from __future__ import annotations
@@ -49,13 +53,23 @@ from prune2drive_ros.data import testbed_scenes as T
 from prune2drive_ros.data.synthetic_world import IMAGE_HEIGHT, IMAGE_WIDTH
 from prune2drive_ros.training import TESTBED_MARKER
 
-HELDOUT_SEED = 1_000_003
-"""Seed of the held-out scenes; training streams are seeded with the (small) training seed instead."""
+# Seeds of the scene sets, fixed before any model of this recipe was scored. Training streams are seeded
+# with the (small) training seed and never draw from these.
+DEV_SEED = 2_100_001
+"""Development scenes: the only set looked at while choosing the world, the recipe and the setting."""
+SEARCH_SEED = 2_100_002
+"""The study's per-camera budget search (a development set too)."""
+TEST_SEED = 3_100_003
+"""Test scenes: scored once, by the final study, for the README's table. Nothing is tuned on them."""
+OOD_SEED = 4_100_007
+"""Out-of-distribution scenes (``testbed_scenes.OUT_OF_DISTRIBUTION``): reported, never tuned on."""
 PATCH = 14
 
 
 @dataclass(frozen=True)
 class Setting:
+    """Model size and training budget."""
+
     grid: int  # visual tokens per view = grid x grid
     vision_hidden: int
     vision_layers: int
@@ -69,27 +83,39 @@ class Setting:
     batch: int  # scenes per step
     lr: float
     drop_p: float  # share of scenes trained with token dropout
-    questions_per_scene: int  # test-bed questions drawn per scene and step (they share one visual prefix)
-    drivelm_per_scene: int  # the sample set's DriveLM questions mixed in per scene (what the demo asks)
+    questions_per_scene: int  # questions drawn per scene and step (they share one visual prefix)
     eval_scenes: int
 
 
 SETTINGS: dict[str, Setting] = {
-    # The shipped test bed: about 18-20 minutes on two idle cores.
+    # The shipped test bed: within 30 minutes on two cores.
     "full": Setting(grid=8, vision_hidden=64, vision_layers=2, hidden=128, ffn=384, layers=4, heads=4, kv_heads=2,
-                    vocab=1024, steps=1700, batch=2, lr=2e-3, drop_p=0.5, questions_per_scene=24, drivelm_per_scene=1,
-                    eval_scenes=40),
-    # For tests: about a minute; learns the answer formats and the easiest visual cues.
+                    vocab=1024, steps=1700, batch=2, lr=2e-3, drop_p=0.5, questions_per_scene=24, eval_scenes=40),
+    # For tests: about a minute; learns the answer formats and the question priors.
     "quick": Setting(grid=4, vision_hidden=32, vision_layers=1, hidden=48, ffn=128, layers=2, heads=2, kv_heads=1,
-                     vocab=768, steps=120, batch=4, lr=3e-3, drop_p=0.0, questions_per_scene=6, drivelm_per_scene=0,
-                     eval_scenes=10),
+                     vocab=768, steps=120, batch=4, lr=3e-3, drop_p=0.0, questions_per_scene=6, eval_scenes=10),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What supervises training besides the answers, and how token dropout picks the tokens it removes."""
+
+    probes: bool  # label probes on the visual tokens at the decoder's input and after layer 0, and a camera probe
+    object_hint: bool  # the hinted head is pointed at the tagged cone's patch for nearest-cone answers
+    dropout: str  # "uniform": any of a view's tokens; "background": never one that shows a road user or a cone
+
+
+RECIPES: dict[str, Recipe] = {
+    "honest": Recipe(probes=False, object_hint=False, dropout="uniform"),
+    "labels": Recipe(probes=True, object_hint=True, dropout="background"),
 }
 
 
 # ---------------------------------------------------------------- tokenizer and model
 
 
-def corpus(seed: int, scenes: int = 150) -> list[str]:
+def corpus(seed: int, scenes: int = 50) -> list[str]:
     """Text the tokenizer is trained on: the prompt and questions/answers of undrawn scenes."""
     from prune2drive_ros.vlm.prompt import user_message
 
@@ -97,14 +123,26 @@ def corpus(seed: int, scenes: int = 150) -> list[str]:
     texts = [user_message("What should the ego vehicle do next?")]
     for _ in range(scenes):
         scene = T.make_scene(rng, draw=False)
-        texts += [f"{qa.question} {qa.answer}" for qa in scene.qas + scene.drivelm_qas]
+        texts += [f"{qa.question} {qa.answer}" for qa in scene.qas]
     return texts
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):
+    """The tiny model's byte-level BPE, trained on ``texts`` with every digit a token of its own.
+
+    Pixel coordinates then read digit by digit (``8 1 6 . 3``), the same few tokens in every answer,
+    instead of one merged token per frequent number that a small model would have to learn one by one.
+    """
+    from tokenizers import pre_tokenizers
+
     from prune2drive_ros.vlm.tiny import build_tokenizer as tiny_tokenizer
 
-    return tiny_tokenizer(vocab_size, corpus=texts)
+    base = tiny_tokenizer(vocab_size, corpus=texts[:1])
+    base.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True), base.backend_tokenizer.pre_tokenizer])
+    tokenizer = base.train_new_from_iterator(texts, vocab_size)
+    tokenizer.chat_template = base.chat_template
+    return tokenizer
 
 
 def model_config(tokenizer, s: Setting):
@@ -169,17 +207,20 @@ class Batch:
     cones: torch.Tensor  # [B, V, N] per patch: 0, or 1 + the range slot of a cone centred there
     asks: torch.Tensor  # [R, 4] where to guide attention: batch row, position, view, patch in it (-1: the view)
     ask_weights: torch.Tensor  # [R] each question's rows sum to 1
+    answer_kind: torch.Tensor  # [B, T] at each answer's first predicting position: index in T.KINDS, else -1
+    # The packed questions in blocks of similar length: per block, [B, Q, L] positions of each question's
+    # tokens (padded with 0) and which of them are real.
+    blocks: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Setting, num_layers: int,
-               rng: random.Random) -> Batch:
+               rng: random.Random, recipe: Recipe = RECIPES["honest"]) -> Batch:
     from prune2drive_ros.vlm.preprocess import preprocess
 
     pixels = torch.cat([preprocess(sc.images, spec, torch.device("cpu"), torch.float32) for sc in scenes])
     seqs = []
     for sc in scenes:
         qas = rng.sample(sc.qas, min(s.questions_per_scene, len(sc.qas)))
-        qas += rng.sample(sc.drivelm_qas, min(s.drivelm_per_scene, len(sc.drivelm_qas)))
         seqs.append([(layout.question(qa.question), layout.answer(qa.answer), qa) for qa in qas])
     p = len(layout.prefix)
     length = max(p + sum(len(q) + len(a) for q, a, _ in seq) for seq in seqs)
@@ -190,8 +231,10 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
     segment = torch.full((b, length), -2, dtype=torch.long)  # -1 prefix, k question k, -2 padding
     targets = torch.full((b, length), -100, dtype=torch.long)
     weights = torch.zeros((b, length))
+    answer_kind = torch.full((b, length), -1, dtype=torch.long)
     answer_tokens = sum(len(a) for seq in seqs for _, a, _ in seq)
     asks, ask_weights = [], []
+    spans: list[list[tuple[int, int]]] = [[] for _ in seqs]  # (start, length) of each packed question
     for i, seq in enumerate(seqs):
         ids[i, :p] = torch.tensor(layout.prefix)
         positions[i, :p] = torch.arange(p)
@@ -203,13 +246,15 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
             ids[i, at:at + n] = torch.tensor(tokens)
             positions[i, at:at + n] = torch.arange(p, p + n)
             segment[i, at:at + n] = k
+            spans[i].append((at, n))
             # Position j predicts token j + 1: the last question token predicts the first answer token.
             first = at + len(q) - 1
             targets[i, first:first + len(a)] = torch.tensor(a)
             weights[i, first:first + len(a)] = 1.0 / answer_tokens
+            answer_kind[i, first] = T.KINDS.index(qa.kind)
             if qa.camera is not None:
                 view = CAMERA_NAMES.index(qa.camera)
-                if qa.point is None:  # look at the view from the position that answers
+                if qa.point is None or not recipe.object_hint:  # look at the view from the position that answers
                     asks.append((i, first, view, -1))
                     ask_weights.append(1.0)
                 else:  # look at the object the tag names from every answer position (the tag comes late)
@@ -229,19 +274,54 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
         if rng.random() >= s.drop_p:
             continue
         prune_layer[i] = 0 if rng.random() < 0.25 else 1
-        cols = torch.cat([layout.patches[v][dropped_background(labels[i][1][v], rng)] for v in range(NUM_CAMERAS)])
+        drop = dropped_background if recipe.dropout == "background" else dropped_uniform
+        cols = torch.cat([layout.patches[v][drop(labels[i][1][v], rng)] for v in range(NUM_CAMERAS)])
         allowed_pruned[i][:, cols] = False
         allowed_pruned[i][cols, cols] = True
     cones = torch.stack([cone for cone, _ in labels])
     return Batch(pixels, ids, positions, allowed, allowed_pruned, prune_layer, targets, weights, cones,
-                 torch.tensor(asks, dtype=torch.long).reshape(-1, 4), torch.tensor(ask_weights))
+                 torch.tensor(asks, dtype=torch.long).reshape(-1, 4), torch.tensor(ask_weights), answer_kind,
+                 length_blocks(spans))
 
 
-CONE_CLASSES = 1 + T.CONE_SLOTS  # no cone, then a cone on each slot (range x bearing)
+SHORT_QUESTION = 64
+"""Tokens (question + answer) up to which a question goes in the short block: presence, count and nearest
+questions are shorter, the multiple choices with sentence options longer."""
+
+
+def length_blocks(spans: list[list[tuple[int, int]]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each row's questions ((start, length) spans) split into a short and a long block, padded per block."""
+    blocks = []
+    for short in (True, False):
+        picked = [[(at, n) for at, n in row if (n <= SHORT_QUESTION) == short] for row in spans]
+        if not any(picked):
+            continue
+        longest = max(n for row in picked for _, n in row)
+        positions = torch.zeros((len(spans), max(map(len, picked)), longest), dtype=torch.long)
+        valid = torch.zeros(positions.shape, dtype=torch.bool)
+        for i, row in enumerate(picked):
+            for k, (at, n) in enumerate(row):
+                positions[i, k, :n] = torch.arange(at, at + n)
+                valid[i, k, :n] = True
+        blocks.append((positions, valid))
+    return blocks
+
+
+# The labels recipe's probe classes: no cone, or a cone in one range bin x bearing bin (nearest centre).
+PROBE_RANGES_M = (5.0, 9.0, 13.0)
+PROBE_BEARINGS_DEG = (-16.0, -5.0, 5.0, 16.0)
+CONE_CLASSES = 1 + len(PROBE_RANGES_M) * len(PROBE_BEARINGS_DEG)
+
+
+def cone_class(item: T.Seen) -> int:
+    r = min(range(len(PROBE_RANGES_M)), key=lambda i: abs(item.depth - PROBE_RANGES_M[i]))
+    b = min(range(len(PROBE_BEARINGS_DEG)), key=lambda i: abs(item.bearing - PROBE_BEARINGS_DEG[i]))
+    return 1 + r * len(PROBE_BEARINGS_DEG) + b
 
 
 def patch_labels(scene: T.TestbedScene, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per view and patch ([V, grid * grid]): the slot class of a cone there, and whether any object covers it."""
+    """Per view and patch ([V, grid * grid]): the class of a cone centred there, and whether any road user
+    or cone covers it. Only the labels recipe trains on them; the study counts cone tokens with them."""
     cones = torch.zeros(NUM_CAMERAS, grid, grid, dtype=torch.long)
     objects = torch.zeros(NUM_CAMERAS, grid, grid, dtype=torch.bool)
     sx, sy = grid / IMAGE_WIDTH, grid / IMAGE_HEIGHT
@@ -250,7 +330,7 @@ def patch_labels(scene: T.TestbedScene, grid: int) -> tuple[torch.Tensor, torch.
             x1, y1, x2, y2 = item.bbox
             objects[v, int(y1 * sy):int(y2 * sy) + 1, int(x1 * sx):int(x2 * sx) + 1] = True
             if item.kind == "cone":
-                cones[v].view(-1)[patch_index(item.point, grid)] = 1 + item.slot
+                cones[v].view(-1)[patch_index(item.point, grid)] = cone_class(item)
     return cones.flatten(1), objects.flatten(1)
 
 
@@ -260,11 +340,11 @@ def patch_index(point: tuple[float, float], grid: int) -> int:
 
 
 def dropped_background(objects: torch.Tensor, rng: random.Random) -> torch.Tensor:
-    """Indices of one view's patches that token dropout removes: background only, down to a random share.
+    """The labels recipe's dropout: background patches only, down to a random share.
 
-    Objects (road users, cones) are never dropped: the model learns that missing road, sky and
-    buildings are normal, never that an object it cannot see may still be there. So, like a real VLM
-    that was never trained on pruned input, it answers from the tokens a pruning method keeps.
+    Objects (road users, cones) are never dropped, so every input looks as if an oracle pruner had kept
+    each object: inputs shaped like T-FPS's become the training distribution, and a pruner that drops a
+    cone meets a model that never learned that an object it cannot see may still be there.
     """
     n = objects.numel()
     background = torch.nonzero(~objects).flatten()
@@ -274,6 +354,17 @@ def dropped_background(objects: torch.Tensor, rng: random.Random) -> torch.Tenso
     return background[order[:drop]]
 
 
+def dropped_uniform(objects: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Indices of one view's patches that token dropout removes: any patches, down to a random share.
+
+    ``objects`` only gives the view's size: what a token shows plays no part.
+    """
+    n = objects.numel()
+    keep = max(1, round(n * rng.uniform(0.05, 0.8)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+    return order[:n - keep].sort().values
+
+
 class SceneBatches(torch.utils.data.IterableDataset):
     """Endless training batches of freshly drawn scenes; one stream per seed, whichever process draws it.
 
@@ -281,8 +372,10 @@ class SceneBatches(torch.utils.data.IterableDataset):
     stream (and so the training run) is the same as drawing them in the main process.
     """
 
-    def __init__(self, seed: int, setting: Setting, layout: PromptTokens, spec, num_layers: int):
+    def __init__(self, seed: int, setting: Setting, layout: PromptTokens, spec, num_layers: int,
+                 recipe: Recipe = RECIPES["honest"]):
         self.seed, self.setting, self.layout, self.spec, self.num_layers = seed, setting, layout, spec, num_layers
+        self.recipe = recipe
 
     def __iter__(self):
         from prune2drive_ros.data.synthetic_world import make_rig
@@ -290,12 +383,11 @@ class SceneBatches(torch.utils.data.IterableDataset):
         if torch.utils.data.get_worker_info() is not None:  # a drawing process: leave the cores to training
             torch.set_num_threads(1)
         rig = make_rig()
-        scene_rng = random.Random(self.seed)  # held-out scenes come from HELDOUT_SEED, never from this stream
+        scene_rng = random.Random(self.seed)  # evaluation sets come from their own seeds, never from this stream
         batch_rng = random.Random(self.seed + 1)
         while True:
-            scenes = [T.make_scene(scene_rng, rig, with_drivelm=self.setting.drivelm_per_scene > 0)
-                      for _ in range(self.setting.batch)]
-            yield make_batch(scenes, self.layout, self.spec, self.setting, self.num_layers, batch_rng)
+            scenes = [T.make_scene(scene_rng, rig) for _ in range(self.setting.batch)]
+            yield make_batch(scenes, self.layout, self.spec, self.setting, self.num_layers, batch_rng, self.recipe)
 
 
 # ---------------------------------------------------------------- forward pass
@@ -309,10 +401,6 @@ def visual_embeddings(model, pixels: torch.Tensor) -> torch.Tensor:
     features = inner.multi_modal_projector(hidden)
     newline = inner.image_newline.expand(features.shape[0], 1, -1)
     return torch.cat([features, newline], dim=1)
-
-
-def _unwrap(output):
-    return output[0] if isinstance(output, tuple) else output
 
 
 @dataclass
@@ -335,19 +423,71 @@ def packed_forward(model, batch: Batch, layout: PromptTokens) -> Packed:
                                                                visual.reshape(b, -1, visual.shape[-1])),
                         embeds[:, len(mask):]], dim=1)
     cos, sin = lm.rotary_emb(embeds, batch.positions)
-    # Boolean masks (True: may attend) keep SDPA on its fused CPU kernel; additive float masks are ~5x slower.
-    dense, pruned = batch.allowed[:, None], batch.allowed_pruned[:, None]
     hidden, first, guided = embeds, embeds, embeds
     for index, layer in enumerate(lm.layers):
         if index == guided_layer(len(lm.layers)):
             guided = hidden
-        use_pruned = (batch.prune_layer <= index)[:, None, None, None]
-        attn_mask = torch.where(use_pruned, pruned, dense)
-        hidden = _unwrap(layer(hidden, attention_mask=attn_mask, position_ids=batch.positions,
-                               position_embeddings=(cos, sin)))
+        use_pruned = (batch.prune_layer <= index)[:, None, None]
+        allowed = torch.where(use_pruned, batch.allowed_pruned, batch.allowed)  # [B, T, T]
+        hidden = packed_layer(layer, hidden, (cos, sin), allowed, batch, len(layout.prefix))
         if index == 0:
             first = hidden
     return Packed(hidden, visual, first, guided, (cos, sin))
+
+
+def packed_layer(layer, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], allowed: torch.Tensor,
+                 batch: Batch, prefix: int) -> torch.Tensor:
+    """One Llama decoder layer (its own weights) over a packed batch, with attention in two parts.
+
+    ``allowed`` says who may attend to whom, but nearly all of it is empty: a question sees only the
+    prefix and itself. So the prefix attends within the prefix, and each question, gathered into a
+    padded block of its own, attends to the prefix's keys and its own; computing the whole T x T square
+    cost twice as much. Boolean masks keep SDPA on its fused CPU kernel (additive masks are ~5x slower).
+    """
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    attn = layer.self_attn
+    b, t, _ = hidden.shape
+    d = attn.head_dim
+    x = layer.input_layernorm(hidden)
+    cos, sin = rope[0][:, :, None], rope[1][:, :, None]  # [B, T, 1, d]
+    q = attn.q_proj(x).view(b, t, -1, d)
+    k = attn.k_proj(x).view(b, t, -1, d)
+    v = attn.v_proj(x).view(b, t, -1, d)
+    q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    groups = attn.num_key_value_groups
+    k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)  # [B, T, H, d]
+
+    out = q.new_zeros(q.shape)
+    heads_first = (lambda z: z.transpose(1, 2))  # noqa: E731
+    out[:, :prefix] = heads_first(F.scaled_dot_product_attention(
+        heads_first(q[:, :prefix]), heads_first(k[:, :prefix]), heads_first(v[:, :prefix]),
+        attn_mask=allowed[:, None, :prefix, :prefix], scale=attn.scaling))
+
+    rows = torch.arange(b)[:, None, None]
+    for positions, valid in batch.blocks:
+        nq, length = positions.shape[1:]
+        seen = allowed[torch.arange(b)[:, None], positions[:, :, 0], :prefix]  # [B, Q, P] prefix columns it may use
+        own = torch.ones(length, length, dtype=torch.bool).tril()[None, None] & valid[:, :, None, :]
+        own |= torch.eye(length, dtype=torch.bool)  # padding rows attend to themselves only
+        block_mask = torch.cat([seen[:, :, None].expand(b, nq, length, prefix), own], dim=3)
+
+        queries = q[rows, positions].flatten(0, 1).transpose(1, 2)  # [B * Q, H, L, d]
+        answered = F.scaled_dot_product_attention(queries, _with_prefix(k, positions, prefix),
+                                                  _with_prefix(v, positions, prefix), scale=attn.scaling,
+                                                  attn_mask=block_mask.flatten(0, 1)[:, None])
+        answered = answered.transpose(1, 2).reshape(b, nq, length, -1, d)
+        out = out.index_put((rows.expand_as(valid)[valid], positions[valid]), answered[valid])
+    hidden = hidden + attn.o_proj(out.reshape(b, t, -1))
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+
+def _with_prefix(z: torch.Tensor, positions: torch.Tensor, prefix: int) -> torch.Tensor:
+    """[B, T, H, d] keys or values -> [B * Q, H, P + L, d]: the shared prefix, then each question's own."""
+    b, nq = positions.shape[:2]
+    shared = z[:, None, :prefix].expand(b, nq, prefix, *z.shape[2:])
+    own = z[torch.arange(b)[:, None, None], positions]
+    return torch.cat([shared, own], dim=2).flatten(0, 1).transpose(1, 2)
 
 
 @torch.no_grad()
@@ -431,12 +571,25 @@ CONE_UPWEIGHT = 4.0  # about 2 of a view's 64 patches hold a cone
 PROBE_WEIGHT = 0.3
 
 
-def answer_loss(model, packed: Packed, batch: Batch) -> torch.Tensor:
-    """Cross-entropy of the answer tokens; every answer token of the batch weighs the same."""
+PROGRESS_EVERY = 100
+"""Steps between two lines of the training log (loss, and the letter hits per multiple-choice kind)."""
+
+
+def answer_loss(model, packed: Packed, batch: Batch) -> tuple[torch.Tensor, dict[str, list[bool]]]:
+    """Cross-entropy of the answer tokens (every answer token of the batch weighs the same), and per
+    multiple-choice kind whether each answer's letter was already the model's first choice.
+
+    Every training scene is new, so the letters' hits before the update estimate held-out accuracy as
+    training goes (progressive validation), at no cost.
+    """
     picked = batch.targets != -100
     logits = model.lm_head(model.model.language_model.norm(packed.hidden[picked])).float()
     losses = F.cross_entropy(logits, batch.targets[picked], reduction="none")
-    return (losses * batch.weights[picked]).sum()
+    kinds = batch.answer_kind[picked]
+    hits = (logits.argmax(-1) == batch.targets[picked]).tolist()
+    by_kind = {kind: [h for h, k in zip(hits, kinds.tolist(), strict=True) if k == T.KINDS.index(kind)]
+               for kind in T.MC_KINDS}
+    return (losses * batch.weights[picked]).sum(), by_kind
 
 
 # ---------------------------------------------------------------- training
@@ -467,10 +620,10 @@ def _deterministic(fn):
 
 
 @_deterministic
-def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, steps: int | None = None,
-          threads: int | None = None, workers: int = 1, progress: bool = True, command: str = "",
-          init: str | Path | None = None) -> dict:
-    """Train, write the checkpoint to ``out``, score it on held-out scenes; returns the record."""
+def train(out: str | Path, setting: str | Setting = "full", *, recipe: str = "honest", seed: int = 0,
+          steps: int | None = None, threads: int | None = None, workers: int = 1, progress: bool = True,
+          command: str = "", init: str | Path | None = None) -> dict:
+    """Train, write the checkpoint to ``out``, score it on the development scenes; returns the record."""
     from tqdm import tqdm
     from transformers import LlavaOnevisionForConditionalGeneration
 
@@ -478,6 +631,7 @@ def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, st
 
     name = setting if isinstance(setting, str) else "custom"
     s = SETTINGS[setting] if isinstance(setting, str) else setting
+    how = RECIPES[recipe]
     if steps is not None:
         s = replace(s, steps=steps)
     if threads:
@@ -507,20 +661,32 @@ def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, st
     model.train()
     layout = PromptTokens(tokenizer, s.grid * s.grid)
     spec = ImageSpec(size=s.grid * PATCH)
-    batches = SceneBatches(seed, s, layout, spec, config.text_config.num_hidden_layers)
+    batches = SceneBatches(seed, s, layout, spec, config.text_config.num_hidden_layers, how)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
                                          prefetch_factor=4 if workers else None)
-    probes = Probes(config.text_config.hidden_size)
-    params = [*model.parameters(), *probes.parameters()]
+    probes = Probes(config.text_config.hidden_size) if how.probes else None
+    params = [*model.parameters(), *(probes.parameters() if probes is not None else ())]
     optimizer = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, s.steps))
     losses: list[float] = []
     probe_losses: list[float] = []
     bar = tqdm(range(s.steps), desc="train-testbed", unit="step", disable=not progress, dynamic_ncols=True)
-    for _, batch in zip(bar, loader, strict=False):
+    window: dict[str, list[bool]] = {kind: [] for kind in T.MC_KINDS}
+    progress_log: list[dict] = []
+    for step, batch in zip(bar, loader, strict=False):
         packed = packed_forward(model, batch, layout)
-        loss = answer_loss(model, packed, batch)
-        probe = probes(packed, batch, layout) + view_attention_loss(model, packed, batch, layout)
+        loss, hits = answer_loss(model, packed, batch)
+        for kind, h in hits.items():
+            window[kind] += h
+        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == s.steps:
+            progress_log.append({"step": step + 1, "loss": round(float(np.mean(losses[-PROGRESS_EVERY:] or [0])), 4),
+                                 **{k: round(float(np.mean(v)), 3) for k, v in window.items() if v}})
+            window = {kind: [] for kind in T.MC_KINDS}
+            if progress:
+                bar.write("  ".join(f"{k} {v}" for k, v in progress_log[-1].items()))
+        probe = view_attention_loss(model, packed, batch, layout)
+        if probes is not None:
+            probe = probe + probes(packed, batch, layout)
         optimizer.zero_grad(set_to_none=True)
         (loss + PROBE_WEIGHT * probe).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -528,27 +694,33 @@ def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, st
         schedule.step()
         losses.append(loss.item())
         probe_losses.append(probe.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", probes=f"{np.mean(probe_losses[-20:]):.3f}",
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", hints=f"{np.mean(probe_losses[-20:]):.3f}",
                         refresh=False)
     bar.close()
     train_s = time.perf_counter() - t0
+    load_end = [round(v, 2) for v in os.getloadavg()]
 
     model.eval()
     record = {
         "trained_test_bed": True,
         "note": "synthetic test bed trained by `prune2drive train-testbed`, not DriveMM; scores on it are not DriveLM",
-        "command": command or f"prune2drive train-testbed {out} --setting {name} --seed {seed}",
+        "command": command or f"prune2drive train-testbed {out} --setting {name} --recipe {recipe} --seed {seed}",
         "setting": name,
+        "recipe": recipe,
+        "recipe_parts": asdict(how),
         "seed": seed,
-        "heldout_seed": HELDOUT_SEED,
+        "dev_seed": DEV_SEED,
         "tokens_per_view": f"{s.grid}x{s.grid}",
         "train_seconds": round(train_s, 1),
         "threads": torch.get_num_threads(),
         "load_average": load_average,
+        "load_average_end": load_end,
         "steps": s.steps,
         "scenes_seen": s.steps * s.batch,
         "loss_first20": round(float(np.mean(losses[:20])), 4),
         "loss_last20": round(float(np.mean(losses[-20:])), 4),
+        "hint_loss_last20": round(float(np.mean(probe_losses[-20:])), 4),
+        "progress": progress_log,
         "hyperparameters": asdict(s),
     }
     if init is not None:
@@ -556,38 +728,41 @@ def train(out: str | Path, setting: str | Setting = "full", *, seed: int = 0, st
         record["continued_from"] = {k: previous.get(k) for k in ("command", "seed", "steps", "train_seconds")}
     save_checkpoint(model, tokenizer, s, out, record)
     (out / "loss.json").write_text(json.dumps([round(v, 5) for v in losses]))
-    plot_loss(losses, out / "loss.png", f"train-testbed ({name}, seed {seed}, {s.grid}x{s.grid} tokens/view)")
-    record["heldout"] = evaluate(out, s.eval_scenes, progress=progress)
-    save_checkpoint(model, tokenizer, s, out, record)  # again, now with the held-out scores in the record
+    plot_loss(losses, out / "loss.png", f"train-testbed ({name}, {recipe} recipe, seed {seed}, "
+              f"{s.grid}x{s.grid} tokens/view)")
+    record["dev"] = evaluate(out, T.make_scenes(s.eval_scenes, DEV_SEED), progress=progress)
+    save_checkpoint(model, tokenizer, s, out, record)  # again, now with the development scores in the record
     (out / "README.md").write_text(model_card(record))
     return record
 
 
 def model_card(record: dict) -> str:
     """README.md of a trained checkpoint: what it is, how it was trained, what it scores."""
-    held = record["heldout"]
+    dev = record["dev"]
     h = record["hyperparameters"]
-    rows = "\n".join(f"| {kind} | {held[kind]:.3f} |" for kind in (*T.KINDS, "mc_accuracy", "mc_chance")
-                     if held.get(kind) is not None)
+    rows = "\n".join(f"| {kind} | {dev[kind]:.3f} |" for kind in (*T.KINDS, "mc_accuracy", "mc_chance")
+                     if dev.get(kind) is not None)
     return f"""# Test-bed model (synthetic street, not DriveMM)
 
 A small LLaVA-OneVision model (SigLIP-shaped vision tower, 2-layer GELU projector, Llama decoder) trained
 from scratch by `prune2drive train-testbed` on this package's synthetic six-camera street with traffic
-cones. It reads DriveMM's six-view prompt with **{record['tokens_per_view']} visual tokens per view**
-(DriveMM: 27x27). Its answers are meaningful for the synthetic scenes only; scores on it are not DriveLM
-scores. `config.json` carries the record below under `{TESTBED_MARKER}`.
+cones among look-alikes. It reads DriveMM's six-view prompt with **{record['tokens_per_view']} visual tokens
+per view** (DriveMM: 27x27). Its answers are meaningful for the synthetic scenes only; scores on it are not
+DriveLM scores. `config.json` carries the record below under `{TESTBED_MARKER}`.
 
 - command: `{record['command']}`
-- seed: {record['seed']} (held-out scenes: seed {record['heldout_seed']}, never used in training)
+- recipe: `{record['recipe']}` ({', '.join(f'{k}={v}' for k, v in record['recipe_parts'].items())}; see
+  `prune2drive_ros/training/testbed.py`; hints and probes are training-only and not part of the checkpoint)
+- seed: {record['seed']}; the scores below are on the development scenes (seed {record['dev_seed']}), never
+  trained on; the README's table is on the test scenes, which this record does not touch
 - training: {record['steps']} steps, {record['scenes_seen']} freshly drawn scenes, {record['train_seconds']:.0f} s on
-  {record['threads']} CPU threads (machine load average {record.get('load_average', 'not recorded')} at the start);
-  answer loss {record['loss_first20']:.3f} (first 20 steps) -> {record['loss_last20']:.3f} (last 20), curve in
-  `loss.png`; training-only probes and the view-attention hint (see `prune2drive_ros/training/testbed.py`) are
-  not part of the checkpoint
+  {record['threads']} CPU threads (machine load average {record['load_average']} at the start,
+  {record.get('load_average_end', 'not recorded')} (1/5/15 min) at the end); answer loss
+  {record['loss_first20']:.3f} (first 20 steps) -> {record['loss_last20']:.3f} (last 20), curve in `loss.png`
 - model: vision {h['vision_layers']} x {h['vision_hidden']}, text {h['layers']} layers x {h['hidden']} (FFN {h['ffn']}),
   vocabulary {h['vocab']}
 
-Held-out scores, dense (no pruning), {held['scenes']} scenes / {held['questions']} questions
+Development scores, dense (no pruning), {dev['scenes']} scenes / {dev['questions']} questions
 (multiple choice: accuracy; nearest cone: point-match F1 within 16 px):
 
 | question kind | score |
@@ -654,31 +829,24 @@ def plot_loss(losses: list[float], path: Path, title: str) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- held-out scores
-
-
-def heldout_scenes(count: int, seed: int = HELDOUT_SEED) -> list[T.TestbedScene]:
-    from prune2drive_ros.data.synthetic_world import make_rig
-
-    rng = random.Random(seed)
-    rig = make_rig()
-    return [T.make_scene(rng, rig) for _ in range(count)]
+# ---------------------------------------------------------------- scores
 
 
 def evaluate(model_dir: str | Path, scenes: int | list[T.TestbedScene], *, pruning: str = "none",
              retain: float | None = None, progress: bool = False) -> dict:
-    """Per-kind accuracy (multiple choice) and match F1 (nearest cone) of a checkpoint on held-out scenes."""
+    """Per-kind accuracy (multiple choice) and match F1 (nearest cone) of a checkpoint, dense by default, on
+    ``scenes`` (a count: that many development scenes)."""
     from tqdm import tqdm
 
     from prune2drive_ros.eval.metrics import match_f1, parse_option_letter, question_options
     from prune2drive_ros.vlm.runner import VLMRunner
 
-    scenes = heldout_scenes(scenes) if isinstance(scenes, int) else scenes
+    scenes = T.make_scenes(scenes, DEV_SEED) if isinstance(scenes, int) else scenes
     runner = VLMRunner.from_pretrained(str(model_dir), pruning=pruning, retain=retain, device="cpu",
                                        dtype="float32", max_new_tokens=40)
     scores: dict[str, list[float]] = {kind: [] for kind in T.KINDS}
     chance: list[float] = []
-    for scene in tqdm(scenes, desc="held-out", unit="scene", disable=not progress):
+    for scene in tqdm(scenes, desc="scoring", unit="scene", disable=not progress):
         answers = runner.answer(scene.images, [qa.question for qa in scene.qas])
         for qa, ans in zip(scene.qas, answers, strict=True):
             if qa.kind == "nearest":
@@ -702,7 +870,10 @@ def evaluate(model_dir: str | Path, scenes: int | list[T.TestbedScene], *, pruni
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder for the checkpoint")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="full",
-                        help="full: the shipped test bed (~20 min on 2 idle cores); quick: under 1 min, for tests")
+                        help="full: the shipped test bed (within 30 min on 2 cores); quick: about 1 min, for tests")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="honest",
+                        help="honest: answers only, no labels on visual tokens (default); labels: the earlier "
+                             "release's probes and background-only dropout, for the ablation")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--steps", type=int, help="override the setting's number of steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -713,12 +884,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     command = "prune2drive train-testbed " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
-    record = train(args.out, args.setting, seed=args.seed, steps=args.steps, threads=args.threads,
+    record = train(args.out, args.setting, recipe=args.recipe, seed=args.seed, steps=args.steps, threads=args.threads,
                    workers=args.workers, progress=not args.no_progress, command=command, init=args.init)
-    held = record["heldout"]
+    dev = record["dev"]
     size = sum(f.stat().st_size for f in Path(args.out).iterdir() if f.is_file())
-    print(f"trained in {record['train_seconds']:.0f} s; loss {record['loss_first20']:.3f} -> "
-          f"{record['loss_last20']:.3f}; held-out ({held['scenes']} scenes, {held['questions']} questions): "
-          + ", ".join(f"{k} {v}" for k, v in held.items() if k in (*T.KINDS, "mc_accuracy")))
+    print(f"trained in {record['train_seconds']:.0f} s (load {record['load_average']} -> "
+          f"{record['load_average_end']}); loss {record['loss_first20']:.3f} -> {record['loss_last20']:.3f}; "
+          f"development set ({dev['scenes']} scenes, {dev['questions']} questions): "
+          + ", ".join(f"{k} {v}" for k, v in dev.items() if k in (*T.KINDS, "mc_accuracy")))
     print(f"wrote {args.out} ({size / 2**20:.1f} MiB, {record['tokens_per_view']} visual tokens per view)")
     return 0

@@ -87,6 +87,11 @@ class Answer:
         return self.flops / self.flops_dense if self.flops_dense else 1.0
 
 
+def _pruner(method: str, config: RunnerConfig):
+    """The pruner ``method`` names, with the settings it takes (the random pruner's seeded draw)."""
+    return get_pruner(method, **({"seed": config.pruning_seed} if method == "random" else {}))
+
+
 class StageTimer:
     """Charges time to nested stages (an inner stage's time is not charged to the outer one).
 
@@ -160,7 +165,7 @@ class VLMRunner:
         self.weights_source = self._quantize(model_dir)
         if not 0 <= config.layer < self.llm.num_layers:
             raise ValueError(f"prune_layer must be in [0, {self.llm.num_layers - 1}], got {config.layer}")
-        self.pruner = get_pruner(config.pruning)
+        self.pruner = _pruner(config.pruning, config)
         self.max_new_tokens = config.max_new_tokens
         self.max_question_tokens = config.max_question_tokens or DEFAULT_MAX_QUESTION_TOKENS
         self.max_image_side = config.max_image_side or DEFAULT_MAX_IMAGE_SIDE
@@ -270,7 +275,7 @@ class VLMRunner:
 
     def set_pruning(self, method: str) -> None:
         """Switch the pruning method on the same weights and budgets (benchmarks compare methods so)."""
-        self.pruner = get_pruner(method)
+        self.pruner = _pruner(method, self.config)
         self.config = self.config.replace(pruning=method)  # a -1 prune_layer follows the method
         self._replan(warm_up=True)
 
