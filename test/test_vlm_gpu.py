@@ -25,8 +25,8 @@ def _images(seed: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (90, 160, 3), dtype=np.uint8) for _ in range(6)]
 
 
-@pytest.mark.parametrize("compile_mode", ["off", "on"])
-@pytest.mark.parametrize("pruning", ["none", "tfps"])
+# Compiled once (Triton compiles take most of a cold run), on the plan generate is the reference for.
+@pytest.mark.parametrize(("pruning", "compile_mode"), [("none", "off"), ("tfps", "off"), ("none", "on")])
 def test_every_stage_is_captured_and_equals_eager_and_generate(tiny_model, pruning, compile_mode) -> None:
     from test_vlm_runtime import MAX_NEW, _hf_generate
 
@@ -135,4 +135,4 @@ def test_compiled_decode_layer_is_a_few_triton_kernels_around_its_gemms(tiny_mod
                                     batch.cache.prefix_k[0], batch.cache.prefix_v[0], batch.cache.tail_k[0],
                                     batch.cache.tail_v[0], batch.slot_index[8:9], hidden)
     launches = inductor_launches(codes[0])
-    assert sum(launches.values()) <= 18, launches
+    assert sum(launches.values()) <= 17, launches

@@ -16,8 +16,7 @@ transformers' own layer is the reference: the parity tests compare this one with
   ``cached_layer``   R rows of new tokens (questions, or one generated token each) attend to the
                      prefix every row shares and to their own row's tail. The prefix is multiplied
                      with all rows' queries at once, so it is read once per step whatever R is, and
-                     it is never copied into the rows. The two parts meet in one softmax through a
-                     shared row maximum (the split-KV merge of flash-decoding).
+                     it is never copied into the rows. The two parts' scores meet in one softmax.
 """
 
 from __future__ import annotations
@@ -130,15 +129,13 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def _qkv(x: Tensor, cos: Tensor, sin: Tensor, w: LayerWeights, shape: LayerShape) -> tuple[Tensor, Tensor, Tensor]:
-    """Normed input -> q [R, S, heads, d], k and v [R, S, kv_heads, d], with RoPE on q and k."""
+    """Normed input -> q [R, S, heads, d], k and v [R, S, kv_heads, d], with RoPE on q and k (in one pass)."""
     rows, length, _ = x.shape
-    q_size, kv_size = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    q, k, v = w.qkv(rms_norm(x, w.input_norm, shape.eps)).split([q_size, kv_size, kv_size], -1)
-    q = q.view(rows, length, shape.heads, shape.head_dim)
-    k = k.view(rows, length, shape.kv_heads, shape.head_dim)
-    v = v.view(rows, length, shape.kv_heads, shape.head_dim)
+    qkv = w.qkv(rms_norm(x, w.input_norm, shape.eps)).view(rows, length, shape.heads + 2 * shape.kv_heads, -1)
+    qk, v = qkv.split([shape.heads + shape.kv_heads, shape.kv_heads], dim=2)
     cos, sin = cos[:, :, None], sin[:, :, None]
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+    qk = qk * cos + rotate_half(qk) * sin
+    return qk[:, :, : shape.heads], qk[:, :, shape.heads :], v
 
 
 def _finish(x: Tensor, attended: Tensor, w: LayerWeights, shape: LayerShape) -> Tensor:
@@ -162,19 +159,19 @@ def split_kv_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, tail_k: Te
                        hidden: Tensor, scale: float) -> Tensor:
     """Attention of ``q [R, kv_heads, n, d]`` (n = groups x new tokens, grouped per KV head) over a shared
     prefix ``[1, kv_heads, P, d]`` (all visible) and each row's tail ``[R, kv_heads, T, d]`` minus the slots
-    ``hidden [R, 1, n, T]`` marks. Scores are in the model dtype and the softmax in fp32, as in transformers'
-    eager attention."""
+    ``hidden [R, 1, n, T]`` marks. The softmax runs in fp32 over both parts' scores at once, as in
+    transformers' eager attention; only scores are concatenated, never keys or values."""
     rows, kv_heads, n, head_dim = q.shape
+    q = q * scale
     # All rows' queries in one GEMM per KV head: the prefix is read once for the whole batch.
     s_prefix = torch.matmul(q.transpose(0, 1).reshape(kv_heads, rows * n, head_dim), prefix_k[0].transpose(1, 2))
-    s_prefix = (s_prefix * scale).view(kv_heads, rows, n, -1).transpose(0, 1)  # [R, kv_heads, n, P]
-    s_tail = (torch.matmul(q, tail_k.transpose(2, 3)) * scale).masked_fill(hidden, float("-inf"))
-    top = torch.maximum(s_prefix.amax(-1, keepdim=True), s_tail.amax(-1, keepdim=True)).float()
-    e_prefix, e_tail = (s_prefix.float() - top).exp(), (s_tail.float() - top).exp()
-    total = e_prefix.sum(-1, keepdim=True) + e_tail.sum(-1, keepdim=True)
-    p_prefix = (e_prefix / total).to(q.dtype).transpose(0, 1).reshape(kv_heads, rows * n, -1)
+    length = s_prefix.shape[-1]
+    s_prefix = s_prefix.view(kv_heads, rows, n, length).transpose(0, 1)  # [R, kv_heads, n, P]
+    s_tail = torch.matmul(q, tail_k.transpose(2, 3)).masked_fill(hidden, float("-inf"))
+    p = torch.cat([s_prefix, s_tail], dim=-1).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    p_prefix = p[..., :length].transpose(0, 1).reshape(kv_heads, rows * n, length)
     out_prefix = torch.matmul(p_prefix, prefix_v[0]).view(kv_heads, rows, n, head_dim).transpose(0, 1)
-    return out_prefix + torch.matmul((e_tail / total).to(q.dtype), tail_v)
+    return out_prefix + torch.matmul(p[..., length:], tail_v)
 
 
 def tail_mask(visible: Tensor, groups: int) -> Tensor:

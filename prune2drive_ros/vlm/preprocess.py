@@ -116,7 +116,8 @@ def preprocess(images, spec: ImageSpec, device: torch.device, dtype: torch.dtype
                upload: FrameUploader | None = None) -> torch.Tensor:
     """Six RGB uint8 arrays -> normalised pixel values ``[6, 3, size, size]`` on ``device``."""
     if len({image.shape for image in images}) == 1:
-        tiles = _to_tiles((upload or FrameUploader(device))(images).to(device), spec)
+        frames = upload(images) if upload is not None else torch.from_numpy(np.stack(images)).to(device)
+        tiles = _to_tiles(frames, spec)
     else:  # views of different sizes: one at a time
         tiles = torch.cat([_to_tiles(torch.from_numpy(np.ascontiguousarray(image))[None].to(device), spec)
                            for image in images])
