@@ -154,15 +154,47 @@ class _Listener:
         self.mosaic = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
 
 
-def summary(records: list[dict]) -> str:
-    """The summary of the answered records (JSON records of /vlm/answer_info)."""
+def ground_truth(drivelm: Path | None) -> dict[str, set[str]]:
+    """question -> every answer the DriveLM file gives it (one, unless keyframes or scenes disagree)."""
+    if drivelm is None or not Path(drivelm).is_file():
+        return {}
+    truth: dict[str, set[str]] = {}
+    for scene in json.loads(Path(drivelm).read_text()).values():
+        for frame in scene.get("key_frames", {}).values():
+            for group in frame.get("QA", {}).values():
+                for qa in group:
+                    truth.setdefault(qa["Q"], set()).add(qa["A"])
+    return truth
+
+
+def summary(records: list[dict], truth: dict[str, set[str]] | None = None) -> str:
+    """The summary of the answered records (JSON records of /vlm/answer_info), each answer beside its
+    ground truth from ``truth`` (``ground_truth``), and the accuracy on lettered multiple choice."""
+    from prune2drive_ros.eval.metrics import parse_option_letter, question_options
+
     records = [r for r in records if r.get("status") == "answered"]
     if not records:
         return "no answers were produced"
-    lines = ["", "answers:"]
+    truth = truth or {}
+    lines = ["", "answers (ground truth from the DriveLM file):"]
+    right = scored = 0
     for r in records:
+        answers = truth.get(r["question"], set())
         lines.append(f"  Q: {r['question'][:100]}")
-        lines.append(f"  A: {r['answer'][:100]}")
+        if len(answers) == 1 and question_options(r["question"]):  # lettered multiple choice: scored
+            (expected,) = answers
+            hit = parse_option_letter(r["answer"], r["question"]) == expected
+            right, scored = right + hit, scored + 1
+            lines.append(f"  A: {r['answer'][:70]:<70}  truth: {expected}  {'right' if hit else 'WRONG'}")
+        elif answers:  # free-form or point answers, or a question whose answer differs between keyframes
+            shown = " | ".join(sorted(answers))[:100]
+            lines.append(f"  A: {r['answer'][:100]}\n     truth{' (differs by keyframe)' if len(answers) > 1 else ''}: "
+                         f"{shown}")
+        else:
+            lines.append(f"  A: {r['answer'][:100]}   (no ground truth)")
+    if scored:
+        lines += ["", f"accuracy on lettered multiple choice: {right}/{scored} = {right / scored:.0%} "
+                  "(this sample's frames, this run's pruning)"]
     lines += ["", f"{'stage':<18}{'p50 ms':>10}{'p90 ms':>10}"]
     for key in STAGES:
         values = [float(r["timings_ms"][key]) for r in records if key in r["timings_ms"]]
@@ -192,7 +224,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", type=int, default=16, help="DriveLM questions to ask (0 = all in the bag)")
 
 
-def _prepare_bag(args: argparse.Namespace) -> Path:
+def _prepare_bag(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The bag to replay, and the DriveLM file its questions (and their ground truth) come from."""
     from prune2drive_ros.data.nuscenes_to_bag import convert_nuscenes
     from prune2drive_ros.data.sample_nuscenes import make_sample_nuscenes
 
@@ -206,7 +239,7 @@ def _prepare_bag(args: argparse.Namespace) -> Path:
         drivelm = drivelm or dataroot / "drivelm.json"
     bag = args.out / "bag"
     print(f"converting {dataroot} -> {bag}")
-    return convert_nuscenes(dataroot, args.version, bag, drivelm=drivelm, force=True, progress=False)
+    return convert_nuscenes(dataroot, args.version, bag, drivelm=drivelm, force=True, progress=False), drivelm
 
 
 def run(args: argparse.Namespace) -> int:
@@ -216,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
     model, why = choose_model(args.model)
     print(f"model: {model} ({why})")
-    bag = _prepare_bag(args)
+    bag, drivelm = _prepare_bag(args)
 
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
@@ -270,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
         listener_node.destroy_node()
         context.try_shutdown()
         context.destroy()
-    print(summary(listener.records))
+    print(summary(listener.records, ground_truth(drivelm)))
     if listener.mosaic is not None:
         import cv2
 

@@ -27,6 +27,31 @@ def test_demo_answers_bag_questions_and_summarises(tiny_model, tmp_path: Path) -
     assert mosaic is not None and mosaic.shape[0] > 0
 
 
+def test_summary_puts_each_answer_beside_its_ground_truth(tmp_path: Path) -> None:
+    from prune2drive_ros.demo import ground_truth, summary
+
+    mcq = "Is there a traffic cone in the front view? Please select the correct answer from the following options: " \
+          "A. Yes. B. No."
+    count = "How many traffic cones are in the back view? Please select the correct answer from the following " \
+            "options: A. 0 B. 1 C. 2 D. 3"
+    nearest = "Where is the nearest traffic cone in the back view?"
+    frames = {"s1": {"QA": {"perception": [{"Q": mcq, "A": "A"}, {"Q": count, "A": "C"},
+                                           {"Q": nearest, "A": "<c1,CAM_BACK,800.0,500.0>"}]}},
+              "s2": {"QA": {"perception": [{"Q": mcq, "A": "A"}, {"Q": nearest, "A": "<c1,CAM_BACK,790.0,520.0>"}]}}}
+    path = tmp_path / "drivelm.json"
+    path.write_text(json.dumps({"scene": {"key_frames": frames}}))
+    timing = {"total": 10.0}
+    records = [{"status": "answered", "question": q, "answer": a, "timings_ms": timing, "flops_ratio": 0.4,
+                "kept_per_view": [6] * 6} for q, a in ((mcq, "A"), (count, "B"), (nearest, "<c1,CAM_BACK,1.0,2.0>"),
+                                                        ("What now?", "Stop."))]
+    text = summary(records, ground_truth(path))
+    assert "truth: A  right" in text and "truth: C  WRONG" in text
+    assert "(differs by keyframe): <c1,CAM_BACK,790.0,520.0> | <c1,CAM_BACK,800.0,500.0>" in text
+    assert "(no ground truth)" in text
+    assert "accuracy on lettered multiple choice: 1/2 = 50%" in text
+    assert "accuracy" not in summary(records[2:], ground_truth(path))  # nothing lettered, no accuracy line
+
+
 def test_model_choice_order(tmp_path: Path, monkeypatch, capsys) -> None:
     from prune2drive_ros import demo
 
