@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import os
@@ -90,7 +91,7 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     # The shipped test bed: within 30 minutes on two cores.
     "full": Setting(grid=8, vision_hidden=64, vision_layers=2, hidden=128, ffn=384, layers=4, heads=4, kv_heads=2,
-                    vocab=1024, steps=1700, batch=2, lr=2e-3, drop_p=0.5, questions_per_scene=24, eval_scenes=40),
+                    vocab=1024, steps=1300, batch=2, lr=2e-3, drop_p=0.5, questions_per_scene=24, eval_scenes=40),
     # For tests: about a minute; learns the answer formats and the question priors.
     "quick": Setting(grid=4, vision_hidden=32, vision_layers=1, hidden=48, ffn=128, layers=2, heads=2, kv_heads=1,
                      vocab=768, steps=120, batch=4, lr=3e-3, drop_p=0.0, questions_per_scene=6, eval_scenes=10),
@@ -102,13 +103,14 @@ class Recipe:
     """What supervises training besides the answers, and how token dropout picks the tokens it removes."""
 
     probes: bool  # label probes on the visual tokens at the decoder's input and after layer 0, and a camera probe
-    object_hint: bool  # the hinted head is pointed at the tagged cone's patch for nearest-cone answers
+    object_hint: bool  # the hinted head (layer 2) is pointed at the patch a nearest-cone answer's tag names
     dropout: str  # "uniform": any of a view's tokens; "background": never one that shows a road user or a cone
+    dropout_from: float  # share of the steps trained on whole inputs before token dropout starts
 
 
 RECIPES: dict[str, Recipe] = {
-    "honest": Recipe(probes=False, object_hint=False, dropout="uniform"),
-    "labels": Recipe(probes=True, object_hint=True, dropout="background"),
+    "honest": Recipe(probes=False, object_hint=True, dropout="uniform", dropout_from=0.5),
+    "labels": Recipe(probes=True, object_hint=True, dropout="background", dropout_from=0.0),
 }
 
 
@@ -214,7 +216,8 @@ class Batch:
 
 
 def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Setting, num_layers: int,
-               rng: random.Random, recipe: Recipe = RECIPES["honest"]) -> Batch:
+               rng: random.Random, recipe: Recipe = RECIPES["honest"], dropout: bool = True) -> Batch:
+    """One packed training batch; ``dropout``: whether token dropout may apply (the recipe says from when)."""
     from prune2drive_ros.vlm.preprocess import preprocess
 
     pixels = torch.cat([preprocess(sc.images, spec, torch.device("cpu"), torch.float32) for sc in scenes])
@@ -271,7 +274,7 @@ def make_batch(scenes: list[T.TestbedScene], layout: PromptTokens, spec, s: Sett
     prune_layer = torch.full((b,), num_layers, dtype=torch.long)
     labels = [patch_labels(sc, s.grid) for sc in scenes]
     for i in range(b):
-        if rng.random() >= s.drop_p:
+        if rng.random() >= s.drop_p or not dropout:
             continue
         prune_layer[i] = 0 if rng.random() < 0.25 else 1
         drop = dropped_background if recipe.dropout == "background" else dropped_uniform
@@ -385,9 +388,11 @@ class SceneBatches(torch.utils.data.IterableDataset):
         rig = make_rig()
         scene_rng = random.Random(self.seed)  # evaluation sets come from their own seeds, never from this stream
         batch_rng = random.Random(self.seed + 1)
-        while True:
+        start = round(self.recipe.dropout_from * self.setting.steps)
+        for step in itertools.count():
             scenes = [T.make_scene(scene_rng, rig) for _ in range(self.setting.batch)]
-            yield make_batch(scenes, self.layout, self.spec, self.setting, self.num_layers, batch_rng, self.recipe)
+            yield make_batch(scenes, self.layout, self.spec, self.setting, self.num_layers, batch_rng, self.recipe,
+                             dropout=step >= start)
 
 
 # ---------------------------------------------------------------- forward pass
