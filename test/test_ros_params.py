@@ -25,7 +25,7 @@ LAUNCH_FILE = REPO / "launch" / "drive_vqa.launch.py"
 
 # The parameter table of the node's issue.
 ISSUE_TABLE = ["model", "pruning_method", "retain", "view_ratios", "prune_layer", "vision_backend", "engine_dir",
-               "device", "dtype", "max_new_tokens", "camera_topics", "image_transport", "qos_reliability",
+               "device", "dtype", "weights", "max_new_tokens", "camera_topics", "image_transport", "qos_reliability",
                "sync_slop_s", "sync_queue_size", "camera_timeout_s", "questions", "question_period_s",
                "max_answer_age_s", "stream_period_s", "publish_kept_tokens", "autostart"]
 
