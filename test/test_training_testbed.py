@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def test_cones_show_where_their_tags_point(scenes) -> None:
             cam, x, y = qa.answer.split("<c1,")[1].rstrip(">.").split(",")
             image = scene.images[CAMERA_NAMES.index(cam)]
             px, py = round(float(x) * T.RENDER_SCALE), round(float(y) * T.RENDER_SCALE)
-            patch = image[max(0, py - 4):py + 5, max(0, px - 4):px + 5]
+            # A near cone's centre can fall on its white band (up to ~20 rows at this scale): look above and below.
+            patch = image[max(0, py - 12):py + 13, max(0, px - 4):px + 5]
             assert _orange(patch).any(), qa.answer
             checked += 1
     assert checked >= 3
@@ -227,6 +229,28 @@ def test_view_attention_hint_is_the_heads_attention_mass(scenes) -> None:
     torch.testing.assert_close(hint, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_only_the_labels_recipe_reads_patch_labels(scenes) -> None:
+    """The honest recipe's whole objective (answers, hint, view counts) is blind to which patch shows a cone;
+    the labels recipe's probes are not. Token dropout's choice is tested in test_patch_labels_mark_cones..."""
+    s = replace(_tiny_setting(), layers=3, questions_per_scene=20)
+    for recipe, changes in (("honest", False), ("labels", True)):
+        model, layout, batch = _random_model_and_batch(scenes, s, "sdpa", recipe=recipe)
+        how = TB.RECIPES[recipe]
+        torch.manual_seed(1)
+        probes = TB.Probes(s.hidden) if how.probes else None
+        counts = TB.ViewCounts(s.hidden) if how.view_counts else None
+
+        moved = replace(batch, cones=batch.cones.roll(3, dims=-1))  # every cone label on another patch
+        assert not torch.equal(moved.cones, batch.cones)
+        objectives = []
+        with torch.no_grad():
+            for b in (batch, moved):
+                packed = TB.packed_forward(model, b, layout)
+                objectives.append(TB.answer_loss(model, packed, b)[0] + TB.aid_loss(model, packed, b, layout, probes,
+                                                                                     counts))
+        assert (objectives[0] != objectives[1]) == changes, recipe
+
+
 @pytest.mark.slow
 def test_quick_training_learns(tmp_path: Path) -> None:
     record = TB.train(tmp_path / "quick", "quick", seed=0, workers=0, progress=False)
@@ -261,51 +285,62 @@ def shipped() -> Path:
     return path
 
 
-def test_shipped_checkpoint_is_small_and_marked(shipped: Path) -> None:
+def test_shipped_checkpoint_is_small_and_loads_whole(shipped: Path) -> None:
+    from transformers import LlavaOnevisionForConditionalGeneration
+
     size = sum(f.stat().st_size for f in shipped.iterdir() if f.is_file())
     assert size <= 10 * 2**20
-    record = json.loads((shipped / "config.json").read_text())[TESTBED_MARKER]
-    assert record["trained_test_bed"] is True and record["setting"] == "full"
-    assert record["train_seconds"] <= 20 * 60 and record["threads"] == 2
-    assert record["loss_last20"] < 0.05 * record["loss_first20"]
-    # Issue 14's targets, on the 40 held-out scenes the training run scored (uniform guessing: about 0.35).
-    assert record["heldout"]["mc_accuracy"] >= 0.85
-    assert record["heldout"]["nearest"] >= 0.5
+    # Every weight of the file lands in the model (transformers 5.0 once read a renamed tower as random).
+    _, info = LlavaOnevisionForConditionalGeneration.from_pretrained(shipped, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
 
 
-@pytest.mark.skip(reason="models/testbed predates the new test-bed world (issue 21): its behaviour test returns with "
-                         "the honest model's measured thresholds when that model is shipped")
-def test_shipped_checkpoint_answers_heldout_questions(shipped: Path) -> None:
-    from prune2drive_ros.eval.metrics import match_f1, parse_option_letter
-    from prune2drive_ros.vlm.runner import VLMRunner
-
-    runner = VLMRunner.from_pretrained(str(shipped), pruning="none", retain=None, device="cpu", dtype="float32",
-                                       max_new_tokens=40)
-    right, f1, detail = [], [], []
-    for scene in TB.heldout_scenes(2):
-        answers = runner.answer(scene.images, [qa.question for qa in scene.qas])
-        for qa, a in zip(scene.qas, answers, strict=True):
-            detail.append((qa.question[:50], qa.answer[-30:], a.text[-30:]))
-            if qa.kind == "nearest":
-                f1.append(match_f1(a.text, qa.answer))
-            else:
-                assert a.text in "ABCD" and a.text, detail[-1]  # answers in the trained format
-                right.append(parse_option_letter(a.text, qa.question) == qa.answer)
-    runner.close()
-    assert np.mean(right) >= 0.75, detail
-    assert f1 and np.mean(f1) >= 0.5, detail
+# The first scenes of the test seed, fixed here for good (60 multiple-choice questions). The thresholds come
+# from the shipped model's answers on them, measured once: dense 0.70; random@0.1 0.57, 0.52, 0.50 for
+# draws 0-2 (3 answers of margin for float differences between machines and releases).
+BEHAVIOUR_SCENES = 4
+RANDOM_DRAWS = 3
+DENSE_MC_AT_LEAST = 0.65
+RANDOM_MC_BELOW_DENSE_BY = 0.08
 
 
-@pytest.mark.skip(reason="models/testbed predates the new test-bed world (issue 21): its behaviour test returns with "
-                         "the honest model's measured thresholds when that model is shipped")
-def test_shipped_checkpoint_tells_pruning_methods_apart(shipped: Path) -> None:
-    """The study's mechanism: at 10% of the tokens T-FPS keeps the cones' tokens, random pruning drops them."""
-    from prune2drive_ros.training.study import cone_tokens_kept
+@pytest.fixture(scope="module")
+def behaviour(shipped: Path) -> dict:
+    """Dense and random@0.1 (K = 1, three draws) answers of the shipped model on the behaviour scenes."""
+    from prune2drive_ros.training import study
 
-    kept = cone_tokens_kept(str(shipped), 8, ["tfps", "random"], [0.1])
-    (tfps, cones), (random_kept, _) = kept["tfps-r0.1"], kept["random-r0.1"]
-    assert cones >= 30
-    assert tfps >= 0.95 * cones and random_kept <= 0.3 * cones, kept
+    scenes = T.make_scenes(BEHAVIOUR_SCENES, TB.TEST_SEED)
+    runner = {"device": "cpu", "dtype": "float32", "vision_backend": "torch", "max_new_tokens": 40}
+    dense = study.score(str(shipped), scenes, study.RunSpec("none", "none", None, study.STUDY_LAYER), runner, False)
+    draws = [study.score(str(shipped), scenes, study.RunSpec(f"random-r0.1-seed{k}", "random", 0.1, study.STUDY_LAYER, k),
+                         runner, False) for k in range(RANDOM_DRAWS)]
+    return {"scenes": scenes, "dense": dense, "random": draws}
+
+
+def test_shipped_checkpoint_answers_test_scenes(behaviour: dict) -> None:
+    from prune2drive_ros.training import study
+
+    dense = behaviour["dense"]
+    questions = [qa for scene in behaviour["scenes"] for qa in scene.qas]
+    answers = [a for scene in dense.answers for a in scene]
+    for qa, answer in zip(questions, answers, strict=True):
+        if qa.kind == "nearest":
+            assert re.fullmatch(r"The nearest traffic cone in the [a-z ]+ view is <c1,CAM_[A-Z_]+,[0-9.]+,[0-9.]+>\.",
+                                answer), (qa.question, answer)
+        else:
+            assert answer in ("A", "B", "C", "D"), (qa.question, answer)  # the trained answer format
+    assert study.metric(dense.mc) >= DENSE_MC_AT_LEAST, list(zip([q.answer for q in questions], answers))
+
+
+def test_shipped_checkpoint_loses_answers_when_random_pruning_drops_tokens(behaviour: dict) -> None:
+    """The bed detects information loss: a random pruner keeping 10% of the tokens answers measurably worse
+    than dense, on the same questions (paired), for every one of its draws."""
+    from prune2drive_ros.training import study
+
+    dense = study.metric(behaviour["dense"].mc)
+    random_scores = [study.metric(draw.mc) for draw in behaviour["random"]]
+    assert max(random_scores) <= dense - RANDOM_MC_BELOW_DENSE_BY, (dense, random_scores)
+    assert np.mean([d.cones_seen for d in behaviour["random"]]) < np.mean(behaviour["dense"].cones_seen)
 
 
 def test_installed_layouts_are_searched(tmp_path: Path, monkeypatch) -> None:
