@@ -86,12 +86,15 @@ def test_quantized_test_bed_is_smaller_and_close_to_full_precision(repo, tmp_pat
         hidden = runner.llm.run_prompt(embeds, positions, 0, runner.llm.num_layers, lambda *kv: None)
         return runner.llm.logits(hidden[:, -1])
 
-    reference = last_logits(full)
+    # Log-probabilities, not raw logits: a shift shared by every logit changes no probability (the
+    # shipped model's int4 logits sit ~0.7 below fp32's across the vocabulary). Measured on it:
+    # relative error int8 0.0017, int4 0.087.
+    reference = torch.log_softmax(last_logits(full).float(), dim=-1)
     sizes = {}
-    for weights, tolerance in (("int8", 0.03), ("int4", 0.25)):
+    for weights, tolerance in (("int8", 0.01), ("int4", 0.15)):
         runner = VLMRunner.from_pretrained(model, weights=weights, max_new_tokens=2, engine_dir=str(tmp_path))
         sizes[weights] = Q.language_model_bytes(runner.model)
-        logits = last_logits(runner)
+        logits = torch.log_softmax(last_logits(runner).float(), dim=-1)
         assert (logits - reference).norm() / reference.norm() < tolerance, weights
         assert logits.argmax() == reference.argmax(), weights
     assert sizes["int4"] < sizes["int8"] < Q.language_model_bytes(full.model) / 2
