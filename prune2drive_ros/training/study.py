@@ -121,6 +121,23 @@ def cone_patches(scene, grid: int) -> list[tuple[int, set[int]]]:
     return out
 
 
+def patch_centre_ceiling(scenes: list, grid: int) -> float:
+    """Match F1 (%) of an oracle that names the centre of the patch each nearest cone's centre falls in.
+
+    A model that localises to the right token and no finer scores this: the ceiling of patch-level
+    localisation on a grid x grid layout, against which a nearest-cone score is read.
+    """
+    from prune2drive_ros.eval.metrics import match_f1_lenient
+
+    width, height = IMAGE_WIDTH / grid, IMAGE_HEIGHT / grid
+    f1 = []
+    for scene in scenes:
+        for qa in (qa for qa in scene.qas if qa.kind == "nearest"):
+            x, y = ((math.floor(c / size) + 0.5) * size for c, size in zip(qa.point, (width, height), strict=True))
+            f1.append(match_f1_lenient(f"<c1,{qa.camera},{x:.1f},{y:.1f}>", qa.answer))
+    return 100.0 * float(np.mean(f1)) if f1 else float("nan")
+
+
 def score(model: str, scenes: list, spec: RunSpec, runner: dict[str, Any], progress: bool = True) -> Scored:
     """Answer every question of ``scenes`` under ``spec`` and score each answer."""
     from tqdm import tqdm
@@ -379,6 +396,12 @@ def plot_adaptive(summary: dict[str, dict], ratios: list[float], path: Path, tit
 # ---------------------------------------------------------------- the study
 
 
+def _grid(model: str) -> int:
+    """Tokens per side of a view: the vision tower's input size over its patch size."""
+    vision = json.loads((Path(model) / "config.json").read_text())["vision_config"]
+    return vision["image_size"] // vision["patch_size"]
+
+
 def _tokens_per_view(model: str) -> str:
     from prune2drive_ros.training import TESTBED_MARKER
 
@@ -433,6 +456,8 @@ def study(out: Path, model: str, *, scenes: int = 40, ood_scenes: int = 40, reta
         "scenes": scenes, "questions": sum(len(s.qas) for s in test), "resamples": resamples,
         "runs": [asdict(s) for s in specs], "settings": chosen, "test": main_summary,
     }
+    summary["patch_grid"] = grid = _grid(model)
+    summary["patch_centre_f1"] = round(patch_centre_ceiling(test, grid), 1)
     first = [retains[0]]
     if ood_scenes:
         ood = make_scenes(ood_scenes, ood_seed, OUT_OF_DISTRIBUTION)
@@ -473,6 +498,12 @@ def markdown(summary: dict[str, Any]) -> str:
           "Cones seen: cones with at least one kept token, counted from the scored answers' kept tokens (mean over "
           "a scene's questions for question-dependent methods). Lenient rules.", "",
           table(summary["test"]), ""]
+    if "patch_centre_f1" in summary:
+        grid = summary["patch_grid"]
+        md += [f"Nearest-cone ceiling of localising to the token: naming the centre of the patch that holds each "
+               f"nearest cone's centre scores {summary['patch_centre_f1']:.1f}% match F1 on these scenes (a tag must "
+               f"fall within 16 px, L1, of the box centre; one of {grid} x {grid} patches covers "
+               f"{IMAGE_WIDTH / grid:.0f} x {IMAGE_HEIGHT / grid:.1f} px of the {IMAGE_WIDTH} x {IMAGE_HEIGHT} view).", ""]
     if "ood" in summary:
         md += [f"Out of distribution ({summary['ood_scenes']} scenes, seed {seeds['ood']}: cones nearer and farther "
                "than in training, more look-alikes and bins, dusk light, wet road, other buildings):", "",
