@@ -60,3 +60,25 @@ def test_localising_to_the_token_cannot_meet_a_16_pixel_match_at_8x8() -> None:
     assert ceiling[8] < 6.0, ceiling
     assert ceiling[8] < ceiling[27] < ceiling[64], ceiling
     assert ceiling[64] > 60.0, ceiling
+
+
+def test_precision_intervals_resample_whole_keyframes() -> None:
+    """Two precisions that disagree on every question of a few keyframes: resampling keyframes keeps those
+    questions together, so its interval is wider than one that treats the questions as independent."""
+    from prune2drive_ros.training import precision
+
+    base, other = {}, {}
+    for frame in range(20):
+        for n in range(15):
+            qid = f"scene{frame}_sample{frame}_{n}"
+            base[qid] = 1.0
+            other[qid] = 0.0 if frame < 3 else 1.0  # three keyframes lost whole
+    d = precision.paired_difference(base, other, resamples=2000)
+    assert d["questions"] == 300 and d["keyframes"] == 20 and d["changed"] == 45
+    assert d["difference"] == pytest.approx(-0.15)
+    low, high = d["ci95"]
+    assert low < -0.15 < high <= 0.0
+    flat = np.percentile([np.random.default_rng(k).choice(np.r_[np.zeros(255), -np.ones(45)], 300).mean()
+                          for k in range(2000)], [2.5, 97.5])
+    assert high - low > 1.5 * (flat[1] - flat[0]), (d["ci95"], flat)
+    assert precision.keyframe_of("scene1_sample7_12") == "scene1_sample7"

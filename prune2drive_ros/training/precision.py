@@ -3,7 +3,8 @@
 Every precision answers the same held-out test-bed questions with the same pruning (T-FPS at the
 first ``--retains`` ratio); each is compared with the model's own dtype question by question: the
 difference in multiple-choice accuracy (and in match F1) and its 95% interval from a paired
-bootstrap (the same resampled questions for both runs), so the spread the questions share cancels.
+bootstrap that resamples whole keyframes (the same draws for both runs), so the spread the questions
+share cancels and a keyframe's correlated questions stay together.
 """
 
 from __future__ import annotations
@@ -36,17 +37,29 @@ def per_question(questions: Sequence, answers: dict[str, str]) -> dict[str, dict
     return out
 
 
+def keyframe_of(question_id: str) -> str:
+    """``<scene>_<sample>_<n>`` -> ``<scene>_<sample>``: the questions that share one set of views."""
+    return question_id.rsplit("_", 1)[0]
+
+
 def paired_difference(base: dict[str, float], other: dict[str, float], resamples: int,
                       seed: int = DEFAULT_SEED) -> dict[str, Any]:
-    """Mean of ``other - base`` over the questions both scored, with a paired percentile bootstrap interval."""
+    """Mean of ``other - base`` over the questions both scored, with a paired bootstrap interval that resamples
+    whole keyframes (a keyframe's questions share its views, so they are not independent)."""
+    from prune2drive_ros.training.study import resample_counts
+
     ids = sorted(set(base) & set(other))
     if not ids:
         return {"questions": 0, "difference": None, "ci95": None}
     diff = np.array([other[i] - base[i] for i in ids])
-    rng = np.random.default_rng(seed)
-    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)])
-    low, high = (np.percentile(means, [2.5, 97.5]).tolist() if resamples else (None, None))
-    return {"questions": len(ids), "difference": float(diff.mean()), "ci95": [low, high],
+    frames = sorted({keyframe_of(i) for i in ids})
+    frame = np.array([frames.index(keyframe_of(i)) for i in ids])
+    sums, counts = np.bincount(frame, weights=diff, minlength=len(frames)), np.bincount(frame, minlength=len(frames))
+    low = high = None
+    if resamples:
+        draws = resample_counts(len(frames), resamples, seed)
+        low, high = np.percentile((draws @ sums) / np.maximum(draws @ counts, 1), [2.5, 97.5]).tolist()
+    return {"questions": len(ids), "keyframes": len(frames), "difference": float(diff.mean()), "ci95": [low, high],
             "changed": int((diff != 0).sum())}
 
 
@@ -78,7 +91,8 @@ def precision_study(out: Path, model: str, weights: Sequence[str], heldout: Path
                "baseline_accuracy": base_acc, "precisions": rows}
     (out / "precision.json").write_text(json.dumps(summary, indent=1))
     lines = [f"Quantized weights vs the model's own dtype, T-FPS at retain {retain:g}, {len(questions)} held-out "
-             f"test-bed questions; paired bootstrap ({resamples} resamples) over the questions both runs scored.", "",
+             f"test-bed questions; paired bootstrap ({resamples} resamples of whole keyframes) over the questions both "
+             "runs scored.", "",
              "| weights | MC accuracy | accuracy diff (points) [95% CI] | match F1 diff [95% CI] | MC flips |",
              "|---|---|---|---|---|", f"| {BASELINE} | {base_acc:.1f} | - | - | - |"]
     for w, row in rows.items():
