@@ -587,7 +587,7 @@ def view_attention_loss(model, packed: Packed, batch: Batch, layout: PromptToken
     k = attn.k_proj(x)[..., :dim]  # [B, T, d] its key/value head
     q = q * cos[rows, at] + rotate_half(q) * sin[rows, at]
     k = k * cos + rotate_half(k) * sin
-    # Against every row's keys at once, then each ask's own row: gathering [R, T, d] keys per ask cost ~30x more.
+    # Against every row's keys at once, then each ask's own row: cheaper than gathering [R, T, d] keys per ask.
     logits = (q @ k.flatten(0, 1).T).view(len(q), *k.shape[:2])[torch.arange(len(q)), rows] * attn.scaling
     pruned = batch.prune_layer[rows] <= index
     allowed = torch.where(pruned[:, None], batch.allowed_pruned[rows, at], batch.allowed[rows, at])
