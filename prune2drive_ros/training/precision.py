@@ -52,8 +52,8 @@ def paired_difference(base: dict[str, float], other: dict[str, float], resamples
     if not ids:
         return {"questions": 0, "difference": None, "ci95": None}
     diff = np.array([other[i] - base[i] for i in ids])
-    frames = sorted({keyframe_of(i) for i in ids})
-    frame = np.array([frames.index(keyframe_of(i)) for i in ids])
+    frames = {key: n for n, key in enumerate(sorted({keyframe_of(i) for i in ids}))}
+    frame = np.array([frames[keyframe_of(i)] for i in ids])
     sums, counts = np.bincount(frame, weights=diff, minlength=len(frames)), np.bincount(frame, minlength=len(frames))
     low = high = None
     if resamples:
