@@ -275,7 +275,11 @@ def run(args: argparse.Namespace) -> int:
     executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(node)
     executor.add_node(listener_node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    # Our own loop, not executor.spin(): shutdown must wait until no spin_once is in flight, or rclpy may
+    # hand a callback to a thread pool that shutdown() has just closed (a traceback at Ctrl-C).
+    spinning = threading.Event()
+    spinning.set()
+    spinner = threading.Thread(target=_spin_while, args=(executor, spinning), name="demo_spin", daemon=True)
     spinner.start()
     stop = threading.Event()
     try:
@@ -298,6 +302,8 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
         # Done or interrupted, the demo ends now: an inference still in its prefill is left behind.
         node.release(RELEASE_TIMEOUT_S, reason="shutdown")
+        spinning.clear()
+        spinner.join(timeout=5.0)
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         listener_node.destroy_node()
@@ -318,6 +324,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"all {asked} questions answered")
     return 0
+
+
+def _spin_while(executor, spinning: threading.Event) -> None:
+    while spinning.is_set() and executor.context.ok():
+        executor.spin_once(timeout_sec=0.1)
 
 
 def _bag_questions(bag: Path, limit: int) -> list[list[str]]:
