@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fill wheels/ (gitignored) with what scripts/gpu-check.sh needs beside torch, for a GPU image that has
 # only torch and no network: the package's own requirements (setup.py's install_requires, less torch and
-# the ones no GPU check imports) and the test runner, with every dependency, as wheels for CPython 3.12
+# the ones no GPU check imports), torchao for the quantized-weights tests (TORCHAO_VERSION, default 0.17.0,
+# the pair of the GPU image's torch 2.11) and the test runner, with every dependency, as wheels for CPython 3.12
 # on x86-64 Linux (manylinux). Run it here, where the package registry is reachable; gpu-check.sh
 # installs from wheels/ with --no-index whatever the image lacks. Kept under 64 MiB, so the wheels
 # travel with the checkout.
@@ -12,6 +13,7 @@ py=${PYTHON:-python3}
 dest=wheels
 limit_mib=64
 pyver=${PYTHON_VERSION:-3.12}
+torchao_version=${TORCHAO_VERSION:-0.17.0}
 platforms=${PLATFORM_TAGS:-"manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64"}
 
 # The requirement lines, read from setup.py so the version bounds live in one place. Left out: torch
@@ -34,6 +36,7 @@ wanted = [r for r in install if name(r) not in skip] + [r for r in test if name(
 print("\n".join(wanted))
 EOF
 )
+requirements+=$'\n'"torchao==$torchao_version"
 
 rm -rf "$dest"
 mkdir -p "$dest"

@@ -26,6 +26,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # scripts/gpu-check.sh runs under a time limit that can cut pytest off before its summary: with this
+    # set, each failure's traceback is printed the moment it happens, so a timed-out run still says why.
+    if report.failed and os.environ.get("PRUNE2DRIVE_FAILURES_AT_ONCE"):
+        sys.stderr.write(f"\n== FAILED {report.nodeid} ({report.when})\n{report.longreprtext}\n")
+
+
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``prune2drive ARGS`` in a fresh interpreter, as a user would."""
     return subprocess.run(

@@ -126,6 +126,14 @@ class GraphSet:
         return self.off_reason
 
 
+# Every runner a process builds (bf16, int8, int4, each budget) adds its own guards (a decode width of 1,
+# the question widths, the weights' tensor subclass) to the one code object these functions share; torch's
+# default of 8 entries was spent by the bench's int4 runner on an H200, which then ran uncompiled. 32 serves
+# about ten runners and still stops a function whose guards fail on every call.
+RECOMPILES = 32
+_RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+
 class Compiler:
     """Compiles functions with inductor where asked; a compile that fails is logged once (with its root
     cause) and that function runs uncompiled from then on, unless ``strict``."""
@@ -146,7 +154,7 @@ class Compiler:
             if name not in self.failures:
                 try:
                     # Sizes are ints of the layer shape: constants, not symbols (only tensor dims are dynamic).
-                    with torch._dynamo.config.patch(specialize_int=True):
+                    with torch._dynamo.config.patch(specialize_int=True, **{_RECOMPILE_LIMIT: RECOMPILES}):
                         return compiled(*args)
                 except Exception as exc:
                     message = describe_failure(exc)
