@@ -132,6 +132,8 @@ class GraphSet:
 # about ten runners and still stops a function whose guards fail on every call.
 RECOMPILES = 32
 _RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+# Sizes are ints of the layer shape: constants, not symbols (only tensor dims are dynamic).
+_DYNAMO_CONFIG = {"specialize_int": True, _RECOMPILE_LIMIT: RECOMPILES}
 
 
 class Compiler:
@@ -153,8 +155,7 @@ class Compiler:
         def run(*args):
             if name not in self.failures:
                 try:
-                    # Sizes are ints of the layer shape: constants, not symbols (only tensor dims are dynamic).
-                    with torch._dynamo.config.patch(specialize_int=True, **{_RECOMPILE_LIMIT: RECOMPILES}):
+                    with torch._dynamo.config.patch(**_DYNAMO_CONFIG):
                         return compiled(*args)
                 except Exception as exc:
                     message = describe_failure(exc)
